@@ -1,0 +1,1 @@
+"""Thin entry points (console scripts ``gaga-*``): parse a config, call one library function."""

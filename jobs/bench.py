@@ -1,0 +1,11 @@
+"""`gaga-bench`: placeholder until its issue lands."""
+
+from jobs.common import not_implemented
+
+
+def main() -> None:
+    not_implemented("gaga-bench", "benchmarks")
+
+
+if __name__ == "__main__":
+    main()

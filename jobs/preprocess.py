@@ -1,0 +1,11 @@
+"""`gaga-preprocess`: placeholder until its issue lands."""
+
+from jobs.common import not_implemented
+
+
+def main() -> None:
+    not_implemented("gaga-preprocess", "Preprocessing at scale")
+
+
+if __name__ == "__main__":
+    main()

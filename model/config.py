@@ -1,0 +1,137 @@
+"""Configs of the model library. The defaults are the released GAGAvatar's numbers (spec §1–3);
+``configs/smoke.yaml`` and ``configs/debug.yaml`` shrink them. Nothing else restates them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """The tracker's camera convention (spec §2.3): PyTorch3D NDC focal, square crops."""
+
+    focal: float = 12.0  # NDC units: fx = focal * image_size / 2 pixels
+    image_size: int = 512  # tracker crop, training target and render resolution
+
+
+@dataclass(frozen=True)
+class FlameConfig:
+    """FLAME 2020 head model. ``path``: ``generic_model.pkl`` (FLAME 2020) or GAGAvatar's
+    ``FLAME_with_eye.pt``; ``None`` uses the project's generated stand-in head (same formats)."""
+
+    path: str | None = None
+    landmark_embedding: str | None = None  # DECA's landmark_embedding.npy, for generic_model.pkl only
+    n_shape: int = 300
+    n_expression: int = 100
+    scale: float = 5.0  # GAGAvatar multiplies FLAME vertices by 5
+
+
+@dataclass(frozen=True)
+class RasterizerConfig:
+    backend: Literal["auto", "torch", "gsplat", "inria"] = "auto"
+    # torch reference: Gaussians per chunk when compositing (bounds memory on CPU)
+    torch_chunk_size: int = 4096
+    near_plane: float = 0.01
+    far_plane: float = 100.0
+    # False: rotation matrices from the raw quaternion, as the released model's rasterizer
+    # (graphdeco's computeCov3D) builds them; True: normalise each quaternion first (gsplat).
+    normalize_quats: bool = False
+    render_depth: bool = True  # expected depth Σwz/Σw as RenderOutput.depth (one more channel)
+    # torch reference: square pixel tiles, and the most (tile pixel × Gaussian) pairs evaluated
+    # in one compositing step; each step is recomputed in backward when more than one is needed.
+    torch_tile_size: int = 16
+    torch_max_elements: int = 1 << 25
+    torch_recompute: bool = True
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """DINOv2 ViT (official ``dinov2_vitb14`` names). ``weights``: a local state dict file."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    patch_size: int = 14
+    input_size: int = 518  # 37 patches of 14
+    mlp_ratio: float = 4.0
+    weights: str | None = None
+    frozen: bool = True
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """DPT-style decoder from the last four ViT blocks to the local feature map."""
+
+    reassemble_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    feature_dim: int = 256
+
+
+@dataclass(frozen=True)
+class ExpressionConfig:
+    """Expression Gaussians: one per FLAME vertex."""
+
+    global_feature: bool = True  # ablation "w/o global feature": the MLP sees only the vertex embedding
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    # "official": normalise the [B,V,4] rotation output across vertices as the released model does
+    # (spec §1.5); "per_gaussian": normalise each quaternion (for models trained from scratch).
+    rotation_norm: Literal["official", "per_gaussian"] = "official"
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """StyleUNet neural renderer (32-channel splat → RGB)."""
+
+    enabled: bool = True  # ablation "w/o neural renderer": the coarse splat is the output
+    base_channels: int = 16  # UNet encoder width at full resolution
+    max_channels: int = 256  # UNet width cap
+    style_dim: int = 512
+    stylegan_max_channels: int = 512
+    style_mlp_layers: int = 8
+    noise: bool = True  # random noise injection (the released model uses it at inference too)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    expression: ExpressionConfig = field(default_factory=ExpressionConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    lifting: Literal["dual", "one_plane"] = "dual"
+    plane_size: int = 296
+    gaussian_channels: int = 32  # splatted feature channels; 0–2 are the coarse RGB
+    head_hidden_dim: int = 128
+    harmonic_functions: int = 4
+    num_vertices: int = 5023
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Training losses (spec §3.1). Every weight 0 disables its term."""
+
+    image_weight: float = 1.0  # 0.5 * (L1 coarse + L1 refined) on the full image
+    box_weight: float = 1.0  # same on the head box crops
+    box_expand: float = 1.1
+    box_size: int = 512  # crops are resized to this before L1/perceptual
+    perceptual: Literal["lpips", "official", "none"] = "lpips"
+    perceptual_weight: float = 0.01
+    alexnet_weights: str | None = None  # torchvision alexnet-owt-7be5be79.pth
+    vggface_weights: str | None = None  # vgg_face_dag weights (the "official" variant only)
+    lifting_weight: float = 10.0  # 0 disables the lifting loss (ablation)
+    lifting_chunk_size: int = 1024  # FLAME vertices per nearest-neighbour chunk
+    ssim_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with the released parameter groups and linear decay (spec §3.2)."""
+
+    lr: float = 1.0e-4
+    style_lr: float = 1.0e-5  # params whose names contain style_mlp or final_linear
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1.0e-8
+    weight_decay: float = 0.0
+    decay_steps: int = 200_000
+    final_lr_factor: float = 0.1
+    grad_clip: float = 0.0  # 0 disables clipping

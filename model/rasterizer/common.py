@@ -1,0 +1,146 @@
+"""Types and helpers shared by every rasterizer backend (no backend imports here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# The 2D low-pass added to the projected covariance's diagonal (pixels²), hard-coded in both
+# graphdeco's and gsplat's kernels: every Gaussian covers at least about one pixel.
+LOW_PASS = 0.3
+ALPHA_MIN = 1.0 / 255.0  # contributions below this alpha are skipped
+ALPHA_MAX = 0.99  # graphdeco's clamp (gsplat clamps at 0.999; equal below 0.99)
+T_MIN = 1e-4  # a pixel stops compositing once its transmittance would fall below this
+
+
+@dataclass
+class RenderOutput:
+    """What :func:`model.rasterizer.render_gaussians` returns.
+
+    image: [B, C, H, W] features composited over ``background``.
+    alpha: [B, 1, H, W] accumulated opacity 1 − T; None only for inria builds that return none.
+    depth: [B, 1, H, W] expected camera z (Σ wᵢzᵢ / Σ wᵢ, 0 where alpha is 0), or None when
+        ``RasterizerConfig.render_depth`` is off or the backend cannot render it.
+    backend: the backend that rendered ("torch", "gsplat" or "inria").
+    """
+
+    image: torch.Tensor
+    alpha: torch.Tensor | None
+    depth: torch.Tensor | None
+    backend: str
+
+
+@dataclass
+class SplatInputs:
+    """Validated, shape-normalised inputs handed to a backend.
+
+    means [B,N,3]; quats [B,N,4] and scales [B,N,3] (None when ``covariances`` is given);
+    covariances [B,N,3,3] or None; opacities [B,N]; features [B,N,C]; viewmats [B,4,4];
+    Ks [B,3,3]; background [C].
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor | None
+    scales: torch.Tensor | None
+    covariances: torch.Tensor | None
+    opacities: torch.Tensor
+    features: torch.Tensor
+    viewmats: torch.Tensor
+    Ks: torch.Tensor
+    width: int
+    height: int
+    background: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.features.shape[-1]
+
+
+def quaternion_rotation(quats: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """[..., 4] (w, x, y, z) → [..., 3, 3] with the textbook formula R = I − 2(…) applied to q
+    as given. Without ``normalize`` a non-unit q gives a non-orthogonal matrix, exactly as
+    graphdeco's ``computeCov3D`` does (its normalisation is commented out)."""
+    q = F.normalize(quats, dim=-1) if normalize else quats
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
+
+
+def covariance_from_quat_scale(quats: torch.Tensor, scales: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """World-space 3D covariance Σ = R(q) S Sᵀ R(q)ᵀ.
+
+    quats: [..., 4] (w, x, y, z); scales: [..., 3] linear standard deviations → [..., 3, 3].
+    ``normalize=False`` reproduces the released GAGAvatar rasterizer, which builds R from the
+    raw quaternion: its expression Gaussians have |q| ≈ 0.004–0.06, so R ≈ I and Σ ≈ S².
+    ``normalize=True`` is what gsplat and most 3DGS code do. Both agree for unit quaternions.
+    """
+    m = quaternion_rotation(quats, normalize) * scales.unsqueeze(-2)  # R S: scales the columns
+    return m @ m.transpose(-1, -2)
+
+
+def upper_triangle(cov: torch.Tensor) -> torch.Tensor:
+    """[..., 3, 3] symmetric → [..., 6] (xx, xy, xz, yy, yz, zz), the CUDA kernels' layout."""
+    rows = (0, 0, 0, 1, 1, 2)
+    cols = (0, 1, 2, 1, 2, 2)
+    return cov[..., rows, cols]
+
+
+def prepare_inputs(
+    means: torch.Tensor,
+    quats: torch.Tensor | None,
+    scales: torch.Tensor | None,
+    opacities: torch.Tensor,
+    features: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    background: torch.Tensor | None,
+    covariances: torch.Tensor | None,
+) -> SplatInputs:
+    """Checks shapes (metadata only, no device sync) and fills defaults."""
+    if means.dim() != 3 or means.shape[-1] != 3:
+        raise ValueError(f"means must be [B,N,3], got {tuple(means.shape)}")
+    B, N = means.shape[:2]
+
+    def check(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+
+    if covariances is not None:
+        check("covariances", covariances, (B, N, 3, 3))
+        quats = scales = None
+    else:
+        if quats is None or scales is None:
+            raise ValueError("give either quats and scales, or covariances")
+        check("quats", quats, (B, N, 4))
+        check("scales", scales, (B, N, 3))
+    if opacities.dim() == 3:
+        check("opacities", opacities, (B, N, 1))
+        opacities = opacities.squeeze(-1)
+    check("opacities", opacities, (B, N))
+    if features.dim() != 3 or features.shape[:2] != (B, N):
+        raise ValueError(f"features must be [B,N,C] with B,N = {B},{N}, got {list(features.shape)}")
+    check("viewmats", viewmats, (B, 4, 4))
+    check("Ks", Ks, (B, 3, 3))
+    C = features.shape[-1]
+    if background is None:
+        background = features.new_zeros(C)
+    check("background", background, (C,))
+    return SplatInputs(
+        means=means, quats=quats, scales=scales, covariances=covariances, opacities=opacities,
+        features=features, viewmats=viewmats, Ks=Ks, width=int(width), height=int(height),
+        background=background.to(features.dtype),
+    )
