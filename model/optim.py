@@ -1,0 +1,40 @@
+"""Optimizer and schedule of the released recipe (spec §3.2): Adam, betas (0, 0.99), the StyleGAN
+style path (parameter names containing ``style_mlp`` or ``final_linear``) at ``style_lr``,
+everything else trainable at ``lr``, and a linear decay 1 → ``final_lr_factor`` over
+``decay_steps``, stepped once per iteration. Frozen parameters are left out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import OptimConfig
+
+STYLE_KEYS = ("style_mlp", "final_linear")
+
+
+def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
+    """[{"name": "default", lr, params}, {"name": "style", style_lr, params}] over the trainable
+    parameters (a ``module.``/``_orig_mod.`` wrapper prefix does not matter: names are matched
+    by substring)."""
+    default, style = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (style if any(k in name for k in STYLE_KEYS) else default).append(param)
+    groups = [{"name": "default", "params": default, "lr": config.lr}]
+    if style:
+        groups.append({"name": "style", "params": style, "lr": config.style_lr})
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LinearLR]:
+    """Adam over :func:`param_groups` and its per-iteration LinearLR schedule."""
+    optimizer = torch.optim.Adam(
+        param_groups(model, config), lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0, end_factor=config.final_lr_factor, total_iters=max(1, config.decay_steps)
+    )
+    return optimizer, scheduler

@@ -1,0 +1,242 @@
+"""StyleUNet neural renderer (spec §1.7): a UNet encoder/decoder whose bottleneck gives a style
+code and whose decoder levels give SFT scale/shift maps for a StyleGAN2 generator
+(GFPGAN-style "CSFT"). Output: sigmoid RGB at the input size.
+
+Released key names: ``conv_body_first``, ``conv_body_down.N.{conv1,conv2,skip}``,
+``final_conv``, ``conv_body_up.N.*``, ``toRGB.N`` (present, never used), ``final_linear``,
+``condition_scale/condition_shift.N.{0,2}`` and ``stylegan_decoder.{style_mlp.{1,3,…},
+constant_input.weight, style_conv1, to_rgb1, style_convs.N, to_rgbs.N, noises.noiseN}``.
+
+Widths for an output of size S at resolution r: UNet min(max_channels, base_channels·S/r)
+(paper: 16 at 512 … 256 at ≤32), StyleGAN decoder twice that (32 … 512) — the SFT maps of a
+UNet level (2× its width) modulate the decoder level of the same resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import RendererConfig
+
+
+def _leaky(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+@torch.no_grad()
+def _kaiming(module: nn.Module, bias_fill: float, **kwargs) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, **kwargs)
+            if m.bias is not None:
+                m.bias.fill_(bias_fill)
+
+
+class ResBlock(nn.Module):
+    """conv3×3 → lrelu → bilinear ×``scale`` → conv3×3 → lrelu, plus a 1×1 (no bias) skip of
+    the resampled input."""
+
+    def __init__(self, in_ch: int, out_ch: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.conv1 = nn.Conv2d(in_ch, in_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.interpolate(_leaky(self.conv1(x)), scale_factor=self.scale, mode="bilinear", align_corners=False)
+        out = _leaky(self.conv2(out))
+        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return out + self.skip(x)
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2 modulated conv (no bias): weight [1,out,in,k,k] scaled per sample by
+    ``modulation(style)`` over input channels, optionally demodulated, optional bilinear ×2
+    upsampling of the input; one grouped conv for the whole batch."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, style_dim: int, demodulate: bool,
+                 upsample: bool) -> None:
+        super().__init__()
+        self.out_ch = out_ch
+        self.demodulate = demodulate
+        self.upsample = upsample
+        self.padding = kernel // 2
+        self.modulation = nn.Linear(style_dim, in_ch)
+        _kaiming(self.modulation, bias_fill=1.0, a=0, mode="fan_in", nonlinearity="linear")
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel) / math.sqrt(in_ch * kernel**2))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        B, C = x.shape[:2]
+        weight = self.weight * self.modulation(style).view(B, 1, C, 1, 1)  # [B,out,in,k,k]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        H, W = x.shape[-2:]
+        out = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * self.out_ch, C, *weight.shape[-2:]).to(x.dtype),
+                       padding=self.padding, groups=B)
+        return out.view(B, self.out_ch, *out.shape[-2:])
+
+
+class StyleConv(nn.Module):
+    """Modulated conv ·√2, + ``weight``·noise, + bias, leaky ReLU 0.2."""
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool) -> None:
+        super().__init__()
+        self.modulated_conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, demodulate=True, upsample=upsample)
+        self.weight = nn.Parameter(torch.zeros(1))  # noise strength
+        self.bias = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: bool) -> torch.Tensor:
+        out = self.modulated_conv(x, style) * math.sqrt(2.0)
+        if noise:
+            out = out + self.weight * torch.randn_like(out[:, :1])
+        return _leaky(out + self.bias)
+
+
+class ToRGB(nn.Module):
+    """1×1 modulated conv (no demodulation) + bias, plus the bilinearly upsampled skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int) -> None:
+        super().__init__()
+        self.modulated_conv = ModulatedConv2d(in_ch, out_ch, 1, style_dim, demodulate=False, upsample=False)
+        self.bias = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        out = self.modulated_conv(x, style) + self.bias
+        if skip is not None:
+            out = out + F.interpolate(skip, scale_factor=2, mode="bilinear", align_corners=False)
+        return out
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class LeakyReLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _leaky(x)
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.weight.expand(batch, -1, -1, -1)
+
+
+class ToRGBNoSkip(ToRGB):
+    """The first ToRGB (4×4): same parameters, no skip input."""
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, style, None)
+
+
+class StyleGAN2GeneratorCSFT(nn.Module):
+    """StyleGAN2 generator from a 4×4 constant, one style code for every layer, SFT after the
+    first conv of each resolution ≥ 8: ``out = out·scale + shift``."""
+
+    def __init__(self, size: int, out_ch: int, style_dim: int, num_mlp: int, widths: dict[int, int]) -> None:
+        super().__init__()
+        log_size = int(math.log2(size))
+        self.num_layers = 2 * (log_size - 2) + 1
+        mlp: list[nn.Module] = [PixelNorm()]
+        for _ in range(num_mlp):
+            mlp += [nn.Linear(style_dim, style_dim), LeakyReLU()]
+        self.style_mlp = nn.Sequential(*mlp)
+        _kaiming(self.style_mlp, bias_fill=0.0, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+        self.constant_input = ConstantInput(widths[4])
+        self.style_conv1 = StyleConv(widths[4], widths[4], style_dim, upsample=False)
+        self.to_rgb1 = ToRGBNoSkip(widths[4], out_ch, style_dim)
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            # kept for checkpoint compatibility: the released model draws fresh noise instead
+            r = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise{i}", torch.randn(1, 1, r, r))
+        self.style_convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = widths[4]
+        for k in range(3, log_size + 1):
+            ch = widths[2**k]
+            self.style_convs.append(StyleConv(in_ch, ch, style_dim, upsample=True))
+            self.style_convs.append(StyleConv(ch, ch, style_dim, upsample=False))
+            self.to_rgbs.append(ToRGB(ch, out_ch, style_dim))
+            in_ch = ch
+
+    def forward(self, style: torch.Tensor, conditions: list[tuple[torch.Tensor, torch.Tensor]],
+                noise: bool) -> torch.Tensor:
+        """style [B, style_dim]; conditions: (scale, shift) per resolution 8…size → [B,out,size,size]."""
+        w = self.style_mlp(style)
+        out = self.style_conv1(self.constant_input(w.shape[0]).to(w.dtype), w, noise)
+        skip = self.to_rgb1(out, w)
+        for level, to_rgb in enumerate(self.to_rgbs):
+            out = self.style_convs[2 * level](out, w, noise)
+            scale, shift = conditions[level]
+            out = out * scale + shift
+            out = self.style_convs[2 * level + 1](out, w, noise)
+            skip = to_rgb(out, w, skip)
+        return skip
+
+
+class StyleUNet(nn.Module):
+    """Splat features [B, in_ch, S, S] → RGB [B, 3, S, S] in (0,1). S a power of two ≥ 8."""
+
+    def __init__(self, in_ch: int, size: int, config: RendererConfig, out_ch: int = 3) -> None:
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2**log_size != size or size < 8:
+            raise ValueError(f"StyleUNet needs a power-of-two size ≥ 8, got {size}")
+        self.size = size
+        self.noise = config.noise
+        unet = {2**k: min(config.max_channels, config.base_channels * size // 2**k) for k in range(2, log_size + 1)}
+        style = {r: 2 * c for r, c in unet.items()}
+        self.conv_body_first = nn.Conv2d(in_ch, unet[size], 1)
+        self.conv_body_down = nn.ModuleList(
+            ResBlock(unet[2**k], unet[2 ** (k - 1)], 0.5) for k in range(log_size, 2, -1)
+        )
+        self.final_conv = nn.Conv2d(unet[4], unet[4], 3, padding=1)
+        self.conv_body_up = nn.ModuleList(
+            ResBlock(unet[2 ** (k - 1)], unet[2**k], 2.0) for k in range(3, log_size + 1)
+        )
+        self.toRGB = nn.ModuleList(nn.Conv2d(unet[2**k], 3, 1) for k in range(3, log_size + 1))
+        self.toRGB.requires_grad_(False)  # in the released checkpoint, never used: frozen (DDP)
+        self.final_linear = nn.Linear(unet[4] * 16, config.style_dim)
+        self.stylegan_decoder = StyleGAN2GeneratorCSFT(size, out_ch, config.style_dim, config.style_mlp_layers, style)
+
+        def sft(ch: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(ch, 2 * ch, 3, padding=1))
+
+        self.condition_scale = nn.ModuleList(sft(unet[2**k]) for k in range(3, log_size + 1))
+        self.condition_shift = nn.ModuleList(sft(unet[2**k]) for k in range(3, log_size + 1))
+        if not self.noise:
+            # without noise injection the noise strengths get no gradient: frozen (DDP)
+            for m in self.stylegan_decoder.modules():
+                if isinstance(m, StyleConv):
+                    m.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
+        """x [B,in_ch,S,S]; ``noise`` overrides ``config.renderer.noise`` (random noise
+        injection when True, none when False) → [B,3,S,S]."""
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            raise ValueError(f"StyleUNet built for {self.size}², got {tuple(x.shape[-2:])}")
+        noise = self.noise if noise is None else noise
+        feat = _leaky(self.conv_body_first(x))
+        skips = []
+        for block in self.conv_body_down:
+            feat = block(feat)
+            skips.append(feat)
+        feat = _leaky(self.final_conv(feat))
+        style = self.final_linear(feat.flatten(1))
+        conditions = []
+        for i, block in enumerate(self.conv_body_up):
+            feat = block(feat + skips[-1 - i])
+            conditions.append((self.condition_scale[i](feat), self.condition_shift[i](feat)))
+        return torch.sigmoid(self.stylegan_decoder(style, conditions, noise))
