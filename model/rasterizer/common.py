@@ -75,7 +75,30 @@ def quaternion_rotation(quats: torch.Tensor, normalize: bool) -> torch.Tensor:
             2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
         ],
         dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)
+    ).unflatten(-1, (3, 3))
+
+
+# The same R(q) as (flat index into q qᵀ, coefficient) pairs: R = I + Σ coef·qₐq_b, two terms per
+# entry of the row-major R.
+_W, _X, _Y, _Z = 0, 1, 2, 3
+_R_TERMS = (
+    ((_Y, _Y, -2.0), (_Z, _Z, -2.0)), ((_X, _Y, 2.0), (_W, _Z, -2.0)), ((_X, _Z, 2.0), (_W, _Y, 2.0)),
+    ((_X, _Y, 2.0), (_W, _Z, 2.0)), ((_X, _X, -2.0), (_Z, _Z, -2.0)), ((_Y, _Z, 2.0), (_W, _X, -2.0)),
+    ((_X, _Z, 2.0), (_W, _Y, -2.0)), ((_Y, _Z, 2.0), (_W, _X, 2.0)), ((_X, _X, -2.0), (_Y, _Y, -2.0)),
+)
+
+
+def _covariance_few_ops(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Σ in ~10 batched ops and no matmul. For GPUs: at 180k Gaussians per sample the nine
+    stacked expressions cost more in launches than in arithmetic, and a batched matmul of
+    millions of 3×3 matrices is slow. (On CPU the broadcasts over tiny trailing dims are slow.)"""
+    dev, dt = q.device, q.dtype
+    idx = torch.tensor([[4 * a + b for a, b, _ in t] for t in _R_TERMS], device=dev).T  # [2, 9]
+    coef = torch.tensor([[c for _, _, c in t] for t in _R_TERMS], dtype=dt, device=dev).T
+    qq = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)  # [..., 16]
+    r = torch.eye(3, dtype=dt, device=dev).flatten() + qq[..., idx[0]] * coef[0] + qq[..., idx[1]] * coef[1]
+    m = r.unflatten(-1, (3, 3)) * scales.unsqueeze(-2)  # R S
+    return (m.unsqueeze(-2) * m.unsqueeze(-3)).sum(-1)  # M Mᵀ
 
 
 def covariance_from_quat_scale(quats: torch.Tensor, scales: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -86,6 +109,8 @@ def covariance_from_quat_scale(quats: torch.Tensor, scales: torch.Tensor, normal
     raw quaternion: its expression Gaussians have |q| ≈ 0.004–0.06, so R ≈ I and Σ ≈ S².
     ``normalize=True`` is what gsplat and most 3DGS code do. Both agree for unit quaternions.
     """
+    if quats.is_cuda:
+        return _covariance_few_ops(F.normalize(quats, dim=-1) if normalize else quats, scales)
     m = quaternion_rotation(quats, normalize) * scales.unsqueeze(-2)  # R S: scales the columns
     return m @ m.transpose(-1, -2)
 

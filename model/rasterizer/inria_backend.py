@@ -55,6 +55,24 @@ def _projection(tanfovx: float, tanfovy: float, znear: float, zfar: float, like:
     return P
 
 
+def camera_settings(
+    viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, near: float, far: float
+) -> dict:
+    """graphdeco's camera arguments for one OpenCV world→camera ``viewmat`` [4,4] and pixel
+    intrinsics ``K`` [3,3] (one host copy of K): tanfovx, tanfovy, viewmatrix, projmatrix, campos."""
+    fx, fy, cx, cy = (float(v) for v in K.detach().double().cpu()[[0, 1, 0, 1], [0, 1, 2, 2]])
+    if not (math.isclose(cx, width / 2, abs_tol=1e-3) and math.isclose(cy, height / 2, abs_tol=1e-3)):
+        raise ValueError(
+            f"the inria backend needs the principal point at the image centre ({width / 2}, {height / 2}), "
+            f"got ({cx}, {cy})"
+        )
+    tanfovx, tanfovy = width / (2 * fx), height / (2 * fy)
+    view = viewmat.detach().float().transpose(0, 1).contiguous()  # row-vector convention: p @ view
+    proj = view @ _projection(tanfovx, tanfovy, near, far, view).T
+    campos = torch.linalg.inv(viewmat.detach().float())[:3, 3].contiguous()
+    return dict(tanfovx=tanfovx, tanfovy=tanfovy, viewmatrix=view, projmatrix=proj.contiguous(), campos=campos)
+
+
 def render(inp: SplatInputs, config: RasterizerConfig) -> RenderOutput:
     """Shapes as in :class:`SplatInputs`; CUDA float32 tensors. Returns alpha = depth = None
     (the fork returns only the image and radii)."""
@@ -73,26 +91,13 @@ def render(inp: SplatInputs, config: RasterizerConfig) -> RenderOutput:
     if not inp.means.is_cuda:
         raise RuntimeError("the inria backend needs CUDA tensors; use backend='torch' on CPU")
 
-    # The kernels take the camera as Python floats; one host copy for the whole batch.
-    K = inp.Ks.detach().double().cpu()
     fields = set(mod.GaussianRasterizationSettings._fields)
     images = []
-    for b in range(inp.batch):
-        fx, fy, cx, cy = (float(K[b, 0, 0]), float(K[b, 1, 1]), float(K[b, 0, 2]), float(K[b, 1, 2]))
-        if not (math.isclose(cx, W / 2, abs_tol=1e-3) and math.isclose(cy, H / 2, abs_tol=1e-3)):
-            raise ValueError(
-                f"the inria backend needs the principal point at the image centre ({W / 2}, {H / 2}), "
-                f"got ({cx}, {cy}) for sample {b}"
-            )
-        tanfovx, tanfovy = W / (2 * fx), H / (2 * fy)
-        view = inp.viewmats[b].detach().float().transpose(0, 1).contiguous()
-        proj = view @ _projection(tanfovx, tanfovy, config.near_plane, config.far_plane, view).T
+    for b in range(inp.batch):  # the kernels take no batch and the camera as Python floats
         settings = dict(
-            image_height=H, image_width=W, tanfovx=tanfovx, tanfovy=tanfovy,
-            bg=inp.background.float().contiguous(), scale_modifier=1.0, viewmatrix=view,
-            projmatrix=proj.contiguous(), sh_degree=0,
-            campos=torch.linalg.inv(inp.viewmats[b].detach().float())[:3, 3].contiguous(),
-            prefiltered=False, debug=False,
+            image_height=H, image_width=W, bg=inp.background.float().contiguous(), scale_modifier=1.0,
+            sh_degree=0, prefiltered=False, debug=False,
+            **camera_settings(inp.viewmats[b], inp.Ks[b], W, H, config.near_plane, config.far_plane),
         )
         if "antialiasing" in fields:  # newer upstream builds
             settings["antialiasing"] = False

@@ -112,8 +112,8 @@ class _Bins:
 
 
 def _bin_tiles(proj: Projection, opacities: torch.Tensor, width: int, height: int, tile: int) -> _Bins | None:
-    """Non-differentiable binning; two host syncs (the pair count and the per-tile counts),
-    as in gsplat's tile intersection."""
+    """Non-differentiable binning. Sizes are data-dependent, so it syncs with the host a few
+    times (valid Gaussians, pair count, per-tile counts), as gsplat's tile intersection does."""
     B, N = opacities.shape
     dev = opacities.device
     ntx, nty = math.ceil(width / tile), math.ceil(height / tile)
@@ -193,9 +193,17 @@ def _composite_step(
     means2d [M,2], conics [M,3], opacities [M], feats [M,F]: flat per-Gaussian tables.
     Returns Σ wᵢfᵢ [k,P,F], T after the step [k,P], T_all after the step [k,P].
     """
-    mx, my = means2d[sidx].unbind(-1)  # [k,n]
-    ca, cb, cc = conics[sidx].unbind(-1)
-    op = opacities[sidx] * slot_ok
+    k, n = sidx.shape
+    flat = sidx.reshape(-1)
+
+    def take(table: torch.Tensor) -> torch.Tensor:
+        # index_select: its backward is an atomic index_add; advanced indexing's backward
+        # (index_put_ with accumulate) sorts and is far slower on CUDA
+        return table.index_select(0, flat).view(k, n, *table.shape[1:])
+
+    mx, my = take(means2d).unbind(-1)  # [k,n]
+    ca, cb, cc = take(conics).unbind(-1)
+    op = take(opacities) * slot_ok
     dx = px.unsqueeze(2) - mx.unsqueeze(1)  # [k,P,n]
     dy = py.unsqueeze(2) - my.unsqueeze(1)
     power = -0.5 * (ca.unsqueeze(1) * dx * dx + cc.unsqueeze(1) * dy * dy) - cb.unsqueeze(1) * dx * dy
@@ -211,7 +219,7 @@ def _composite_step(
     ones = torch.ones_like(t_incl[..., :1])
     t_excl = torch.cat([ones, t_incl[..., :-1]], dim=2)
     w = T.unsqueeze(2) * t_excl * torch.where(keep, alpha, torch.zeros_like(alpha))
-    contrib = torch.bmm(w, feats[sidx])  # [k,P,F]
+    contrib = torch.bmm(w, take(feats))  # [k,P,F]
     T_new = T * torch.gather(torch.cat([ones, t_incl], dim=2), 2, n_keep).squeeze(2)
     return contrib, T_new, t_all[..., -1]
 
@@ -252,7 +260,7 @@ def render(inp: SplatInputs, config: RasterizerConfig) -> RenderOutput:
         steps = _plan_steps(bins.counts, config.torch_chunk_size, P, config.torch_max_elements)
         recompute = config.torch_recompute and len(steps) > 1 and torch.is_grad_enabled()
 
-        n_tiles = len(bins.counts)
+        n_tiles, n_pairs = len(bins.counts), bins.pair_splat.numel()
         acc = torch.zeros(n_tiles, P, F_, device=dev, dtype=dtype)
         T = torch.ones(n_tiles, P, device=dev, dtype=dtype)
         T_all = torch.ones(n_tiles, P, device=dev, dtype=dtype)
@@ -263,7 +271,10 @@ def render(inp: SplatInputs, config: RasterizerConfig) -> RenderOutput:
                 T, T_all = T[:k], T_all[:k]
             slot = l0 + torch.arange(n, device=dev)
             slot_ok = slot.unsqueeze(0) < counts_dev[:k].unsqueeze(1)  # [k,n]
-            pos = torch.where(slot_ok, bins.offsets[:k].unsqueeze(1) + slot, 0)
+            # padded slots read arbitrary pairs (their opacity is zeroed) spread over all pairs:
+            # thousands of reads of one row would serialise the backward's accumulation
+            spread = (torch.arange(k, device=dev).unsqueeze(1) * n + slot) % n_pairs
+            pos = torch.where(slot_ok, bins.offsets[:k].unsqueeze(1) + slot, spread)
             sidx = bins.pair_splat[pos]
             args = (T, T_all, px[:k], py[:k], sidx, slot_ok.to(dtype), *tables)
             if recompute:

@@ -1,0 +1,1 @@
+"""Benchmark scripts: `python -m bench.<name> --out bench/results/<name>_<gpu>.json`."""
