@@ -1,10 +1,33 @@
-"""`gaga-train`: placeholder until its issue lands."""
+"""`gaga-train`: distributed training on Ray Train.
 
-from jobs.common import not_implemented
+    gaga-train --config smoke --set data.train_shards=outputs/shards/train
+    ray job submit --working-dir . -- gaga-train --config paper --set train.num_workers=8 \\
+        --set data.train_shards=s3://bucket/vfhq/train --set train.storage_path=s3://bucket/runs
+
+Resubmitting the same config (same run name) resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jobs.common import config_parser, resolve_config, setup_logging
 
 
 def main() -> None:
-    not_implemented("gaga-train", "Distributed training on Ray Train")
+    setup_logging()
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--init-from", default=None, help="weights to start from: our checkpoint dir/model.pt or the official GAGAvatar.pt")
+    parser.add_argument("--name", default=None, help="run name (default: derived from the config)")
+    args = parser.parse_args()
+    extra = [f"train.init_from={args.init_from}"] if args.init_from else []
+    extra += [f"train.run_name={args.name}"] if args.name else []
+    cfg = resolve_config(args, extra)
+    from pipeline.train import run_training
+
+    result = run_training(cfg)
+    print(json.dumps({"run_name": result.run_name, "checkpoint": result.checkpoint_path,
+                      "run_dir": str(result.run_dir), "metrics": result.metrics}, indent=1, default=str))
 
 
 if __name__ == "__main__":

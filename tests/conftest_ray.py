@@ -1,9 +1,11 @@
-"""One local Ray cluster per test session, on 127.0.0.1 only. Import the fixture into a test module
-with ``from conftest_ray import ray_cluster  # noqa: F401``."""
+"""Shared integration fixtures: one local Ray cluster per test session (127.0.0.1 only) and a real
+S3 HTTP server (moto) on loopback. Import them into a test module with
+``from conftest_ray import ray_cluster, s3_server  # noqa: F401``."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -25,3 +27,23 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 endpoint on 127.0.0.1 (a real HTTP server: boto3, pyarrow and Ray talk to it)."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The environment that points boto3/pyarrow at ``endpoint``."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}

@@ -8,13 +8,12 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
-from conftest_ray import ray_cluster  # noqa: F401
+from conftest_ray import ray_cluster, s3_server  # noqa: F401
 from preprocess_fixtures import write_gagatrack, write_video
 
 from pipeline import storage
@@ -144,19 +143,6 @@ def test_rerun_skips_done_clips_and_reproduces_identical_shards(local_run, cfg, 
     resumed = run_preprocess(cfg, str(dataset), str(out))
     assert resumed["run"]["clips_processed"] == 1 and resumed["run"]["shards_written"] >= 1
     assert _shard_hashes(out) == before
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_s3_input_and_output(ray_cluster, s3_server, cfg, dataset, local_run, monkeypatch):  # noqa: F811
