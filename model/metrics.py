@@ -41,3 +41,21 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return s.flatten(1).mean(1).to(prediction.dtype)
+
+
+def build_lpips_metric(alexnet_weights: str | None, lpips_weights: str | None = None) -> tuple[torch.nn.Module, str]:
+    """LPIPS v0.1 (AlexNet) as an evaluation metric, and the line that names it in results.
+    Without ``alexnet_weights`` (torchvision's ``alexnet-owt-7be5be79.pth``) the backbone is random
+    and the name says so: such numbers are not comparable with anyone's LPIPS."""
+    import warnings
+
+    from .perceptual import LPIPS, build_alexnet, lpips_weights_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # build_alexnet's random-weights warning: the name below says it
+        net = LPIPS(build_alexnet(alexnet_weights), lpips_weights)
+    heads = lpips_weights or str(lpips_weights_path())
+    if alexnet_weights:
+        return net, f"LPIPS v0.1 AlexNet (backbone {alexnet_weights}; linear heads {heads})"
+    return net, ("LPIPS with a RANDOM AlexNet backbone — not comparable (set eval.alexnet_weights or "
+                 "loss.alexnet_weights to torchvision's alexnet-owt-7be5be79.pth)")

@@ -57,7 +57,11 @@ class ResBlock(nn.Module):
 class ModulatedConv2d(nn.Module):
     """StyleGAN2 modulated conv (no bias): weight [1,out,in,k,k] scaled per sample by
     ``modulation(style)`` over input channels, optionally demodulated, optional bilinear ×2
-    upsampling of the input; one grouped conv for the whole batch."""
+    upsampling of the input.
+
+    Computed as StyleGAN2's non-fused form: modulate the input, one ordinary conv with the shared
+    weight for the whole batch, then scale the output by the demodulation factor. The same maths
+    as building a [B,out,in,k,k] weight for a grouped conv, but batched training runs dense convs."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, style_dim: int, demodulate: bool,
                  upsample: bool) -> None:
@@ -72,15 +76,18 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         B, C = x.shape[:2]
-        weight = self.weight * self.modulation(style).view(B, 1, C, 1, 1)  # [B,out,in,k,k]
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        scale = self.modulation(style)  # [B,in]
+        weight = self.weight[0]  # [out,in,k,k]
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        H, W = x.shape[-2:]
-        out = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * self.out_ch, C, *weight.shape[-2:]).to(x.dtype),
-                       padding=self.padding, groups=B)
-        return out.view(B, self.out_ch, *out.shape[-2:])
+        out = F.conv2d(x * scale.view(B, C, 1, 1).to(x.dtype), weight.to(x.dtype), padding=self.padding)
+        if self.demodulate:
+            # Σ_{in,k} (w·s)² = s² · Σ_k w²  → [B,out], in ≥ fp32 even under autocast
+            dtype = torch.promote_types(scale.dtype, torch.float32)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                demod = torch.rsqrt(scale.to(dtype).square() @ weight.to(dtype).square().sum((2, 3)).T + 1e-8)
+            out = out * demod.view(B, self.out_ch, 1, 1).to(out.dtype)
+        return out
 
 
 class StyleConv(nn.Module):

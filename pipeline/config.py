@@ -61,13 +61,40 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    checkpoint: str = ""
-    output_dir: str = ""  # empty: next to the checkpoint
-    max_pairs_per_clip: int = 0  # 0: all
-    batch_size: int = 4
-    arcface_onnx: str | None = None  # CSIM network; dlib's face descriptor without it
-    deep3d_weights: str | None = None  # AED/APD estimator; our FLAME tracker without it
-    grid_pairs: int = 8
+    """Evaluation (``gaga-eval``, paper Table 1), reenactment (``gaga-reenact``) and the metric
+    networks. Protocol and metric definitions: docs/evaluation.md. Missing network files fall back
+    (random AlexNet, dlib descriptor, FLAME tracker) and every output says so."""
+
+    checkpoint: str = ""  # our checkpoint directory (model.pt + config.yaml) or the released GAGAvatar.pt
+    output_dir: str = ""  # empty: <checkpoint dir>/eval (a local folder or s3:// prefix)
+    max_pairs_per_clip: int = 0  # 0: all; else the first N driving frames of each (source clip, driver clip)
+    batch_size: int = 4  # pairs per render call
+    precision: Literal["fp32", "bf16"] = "fp32"  # renderer autocast on GPU (metrics always run in fp32)
+    seed: int = 0  # StyleUNet noise is seeded per batch from this and the batch's first key
+    # protocol (spec §4, issue #39)
+    metric_size: int = 512  # every image is resized to this before and after the alignment crop
+    align_scale: float = 3.0  # alignment box side = align_scale × the five keypoints' extent
+    csim_reference: Literal["source", "driver"] = "source"  # self-reenactment CSIM: result vs source identity
+    expression_coefficients: int = 50  # AED (FLAME tracker): first N expression coefficients + jaw (3)
+    # metric networks; unset: the fallback named in the results
+    alexnet_weights: str | None = None  # LPIPS backbone (alexnet-owt-7be5be79.pth); unset: loss.alexnet_weights
+    arcface_onnx: str | None = None  # CSIM network (insightface ArcFace .onnx); dlib's face descriptor without it
+    deep3d_weights: str | None = None  # AED/APD estimator (Deep3DFaceRecon; not implemented); our FLAME tracker without it
+    # Ray resources
+    render_actors: int = 0  # 0: one per GPU, one on a CPU-only cluster
+    metric_actors: int = 0  # 0: the CPUs the readers and renderers leave (at least one)
+    cpus_per_render_actor: float = 1.0
+    cpus_per_metric_actor: float = 1.0
+    cpus_per_reader: float = 0.5
+    progress_bars: bool = False
+    # outputs
+    grid_pairs: int = 8  # pairs in grid.png (source | driver | result), self and cross alternating
+    wandb_project: str = "gagavatar"  # empty: no wandb run (offline unless WANDB_MODE=online)
+    # gaga-reenact
+    optimized: bool = True  # on CUDA: bf16, channels-last, CUDA graphs (model.reenactment); eager fp32 elsewhere
+    compile: bool = False  # also torch.compile the neural renderer (minutes of warm-up)
+    fps: int = 25  # output video frame rate when the driver has none
+    side_by_side: bool = True  # gaga-reenact writes driver | result
 
 
 @dataclass(frozen=True)

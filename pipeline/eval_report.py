@@ -60,13 +60,15 @@ def per_clip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def table1(ours: dict[str, dict[str, Any]], label: str) -> list[dict[str, Any]]:
-    """Rows of the paper's Table 1 layout: ours first, then the paper's rows."""
+def table1(ours: dict[str, dict[str, Any]], label: str, warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of the paper's Table 1 layout: ours first (its ``note`` lists why it is not comparable),
+    then the paper's rows."""
     mine: dict[str, Any] = {"method": label}
     for split, metrics in SPLIT_METRICS.items():
         for m in metrics:
             mine[f"{split}_{m}"] = ours.get(split, {}).get(m)
-    return [mine] + [{"method": name, **values} for name, values in paper.table1_rows()]
+    mine["note"] = ("NOT comparable with the paper: " + "; ".join(warnings)) if warnings else "paper protocol"
+    return [mine] + [{"method": name, **values, "note": "paper (spec §9)"} for name, values in paper.table1_rows()]
 
 
 def _fmt(value: Any, key: str = "") -> str:
@@ -87,7 +89,7 @@ def csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -
 
 
 def table1_csv(rows: list[dict[str, Any]]) -> str:
-    return csv_text(rows, ["method", *paper.TABLE_KEYS])
+    return csv_text(rows, ["method", *paper.TABLE_KEYS, "note"])
 
 
 def table1_markdown(rows: list[dict[str, Any]]) -> str:
@@ -137,13 +139,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def grid_png(panels: list[tuple[str, bytes]]) -> bytes:
-    """Stack (label, PNG of source | driver | result) panels vertically, each under a label strip."""
+def grid_png(panels: list[tuple[str, bytes]], header: str = "") -> bytes:
+    """Stack (label, PNG of source | driver | result) panels vertically, each under a label strip;
+    ``header`` (e.g. "NOT comparable: random weights …") in a red strip on top."""
     from PIL import Image, ImageDraw
 
     from .data import encode_png
 
     rows = []
+    width = 3 * 256
+    if panels:
+        with Image.open(io.BytesIO(panels[0][1])) as img:
+            width = img.width
+    if header:
+        import textwrap
+
+        header = header.replace("—", "-").replace("×", "x").encode("latin-1", "replace").decode("latin-1")
+        lines = textwrap.wrap(header, width=max(20, width // 6))[:8]  # PIL's default bitmap font: ~6 px a glyph
+        strip = Image.new("RGB", (width, 4 + 12 * len(lines)), (255, 225, 225))
+        for k, line in enumerate(lines):
+            ImageDraw.Draw(strip).text((4, 2 + 12 * k), line, fill=(160, 0, 0))
+        rows.append(np.asarray(strip))
     for label, data in panels:
         with Image.open(io.BytesIO(data)) as img:
             tile = np.asarray(img.convert("RGB"))

@@ -28,7 +28,7 @@ PANEL_TILE = 256  # grid tiles (source | driver | result), pixels
 SOURCE_CACHE = 16  # reconstructions kept per render actor
 
 
-def _decode(data: Any) -> np.ndarray:
+def decode_image(data: Any) -> np.ndarray:
     from PIL import Image
 
     if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
@@ -95,6 +95,7 @@ class RenderStage:
         self.flame = load_flame(self.info, self.device)
         self.cfg = cfg
         self.sources: OrderedDict[str, Any] = OrderedDict()
+        self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
 
     def _autocast(self):
         import contextlib
@@ -131,8 +132,8 @@ class RenderStage:
 
         t0 = time.perf_counter()
         keys = [str(k) for k in batch["key"]]
-        src_u8 = [_decode(x) for x in batch["source"]]
-        tgt_u8 = [_decode(x) for x in batch["target"]]
+        src_u8 = [decode_image(x) for x in batch["source"]]
+        tgt_u8 = [decode_image(x) for x in batch["target"]]
         dev = self.device
         src_img, tgt_size = _to_tensor(src_u8).to(dev), tgt_u8[0].shape[0]
         src = split_params(torch.as_tensor(np.stack(batch["source_params"]), dtype=torch.float32, device=dev))
@@ -153,7 +154,7 @@ class RenderStage:
             **{k: np.asarray(batch[k]) for k in passthrough},
             "source": np.stack(src_u8), "target": np.stack(tgt_u8), "result": result,
             "source_landmarks": src_lmk.astype(np.float32), "target_landmarks": tgt_lmk.astype(np.float32),
-            "render_ms": np.full(len(keys), ms),
+            "render_ms": np.full(len(keys), ms), "render_device": np.asarray([self.device_name] * len(keys)),
         }
 
 
@@ -214,11 +215,11 @@ def build_face_metrics(cfg: ExperimentConfig, info: CheckpointInfo | None = None
     from model.metrics import build_lpips_metric
 
     ev = cfg.eval
-    flame_cfg = info.config.flame if info is not None else cfg.flame
+    used = info.config if info is not None else cfg
     analyzer = DlibFaceAnalyzer()
     identity = build_identity(ev.arcface_onnx, analyzer)
-    estimator = build_estimator(ev.deep3d_weights, FlameModel.from_config(flame_cfg), cfg.preprocess.tracking,
-                                cfg.camera.focal, ev.expression_coefficients)
+    estimator = build_estimator(ev.deep3d_weights, FlameModel.from_config(used.flame), cfg.preprocess.tracking,
+                                used.camera.focal, ev.expression_coefficients)
     lpips, _ = build_lpips_metric(ev.alexnet_weights or cfg.loss.alexnet_weights, cfg.loss.lpips_weights)
     return FaceMetrics(analyzer, identity, estimator, lpips, ev.metric_size, ev.align_scale, ev.csim_reference)
 
@@ -260,7 +261,8 @@ class MetricStage:
                        metric_ms=1000.0 * (time.perf_counter() - t0))
             row["panel"] = _panel(batch["source"][i], batch["target"][i], batch["result"][i]) if batch["grid"][i] else b""
             rows.append(row)
-        passthrough = ("key", "split", "flame", "source_clip", "target_clip", "source_frame", "target_frame", "render_ms")
+        passthrough = ("key", "split", "flame", "source_clip", "target_clip", "source_frame", "target_frame", "render_ms",
+                       "render_device")
         out = {k: np.asarray(batch[k]) for k in passthrough}
         for name in rows[0]:
             values = [r[name] for r in rows]

@@ -80,14 +80,6 @@ def _configure_data_context(cfg: ExperimentConfig) -> None:
     ctx.execution_options.verbose_progress = False
 
 
-def _device_name(pools: Pools) -> str:
-    if pools.render_gpus:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU actors"
-    return "CPU"
-
-
 def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]) -> tuple[list[dict[str, Any]], dict]:
     """Stages 1–4 on the current Ray cluster: {"self"|"cross": shard prefix} → per-frame metric
     rows (with grid panels) and run facts (pairs, pools, shards)."""
@@ -126,7 +118,8 @@ def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]
     rows = ds.take_all()
     rows.sort(key=lambda r: (r["split"] != "self", str(r["key"])))
     facts = {"pairs": pairs, "pairs_in_shards": len(index), "pools": dataclasses.asdict(pools),
-             "shards": {s: len(u) for s, u in shards.items()}, "device": _device_name(pools)}
+             "shards": {s: len(u) for s, u in shards.items()},
+             "device": ", ".join(sorted({str(r["render_device"]) for r in rows}))}
     return rows, facts
 
 
@@ -161,7 +154,7 @@ def build_report(cfg: ExperimentConfig, info: CheckpointInfo, rows: list[dict[st
         "aggregates": aggregates,
         "self": {m: aggregates.get("self", {}).get(m) for m in eval_report.SPLIT_METRICS["self"]},
         "cross": {m: aggregates.get("cross", {}).get(m) for m in eval_report.SPLIT_METRICS["cross"]},
-        "table1": eval_report.table1(aggregates, label),
+        "table1": eval_report.table1(aggregates, label, warnings),
         "table1_source": paper.SOURCE,
         "per_clip": eval_report.per_clip(frames),
         "data_flame": data_flames,
@@ -176,6 +169,14 @@ def build_report(cfg: ExperimentConfig, info: CheckpointInfo, rows: list[dict[st
     return report
 
 
+def _grid_header(warnings: list[str]) -> str:
+    """The warnings, shortened to their first clause, for the top of grid.png."""
+    if not warnings:
+        return ""
+    short = [w.split(" (")[0].split(":")[0].split(" — ")[0].strip() for w in warnings]
+    return f"NOT comparable with the paper (details in results.md): {'; '.join(short)}"
+
+
 def write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], output: str) -> dict[str, str]:
     """The result files under ``output`` (local folder or s3://); returns name → URL."""
     frames = report.pop("_frames")
@@ -187,7 +188,7 @@ def write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], output: st
         "per_clip.csv": eval_report.csv_text(report["per_clip"], ["split", "source_clip", "target_clip", "pairs",
                                                                    *eval_report.NUMBERS, "result_face_detected"]).encode(),
         "per_frame.csv": eval_report.csv_text(frames, eval_report.FRAME_COLUMNS).encode(),
-        "grid.png": eval_report.grid_png(panels),
+        "grid.png": eval_report.grid_png(panels, _grid_header(report["warnings"])),
     }
     urls = {}
     for name, data in files.items():
@@ -243,6 +244,8 @@ def run_evaluation(cfg: ExperimentConfig, checkpoint: str | None = None, self_sh
               "cross": cross_shards if cross_shards is not None else cfg.data.test_cross_shards}
     rows, facts = evaluate_rows(cfg, info.path, splits)
     report = build_report(cfg, info, rows, facts, time.perf_counter() - t0)
+    for warning in report["warnings"]:
+        log.warning("NOT comparable with the paper: %s", warning)
     output = (output or cfg.eval.output_dir or default_output(info)).rstrip("/")
     files = write_outputs(report, rows, output)
     local = storage.local_path(output) if not storage.is_s3(output) else Path("outputs") / "eval" / storage.basename(output)

@@ -52,6 +52,20 @@ def build_train_state(cfg: ExperimentConfig, device: torch.device) -> TrainState
     return TrainState(model, loss, flame, optimizer, scheduler, cfg)
 
 
+# The rasterizer (a CUDA extension) stays outside the compiled regions; everything heavy around it
+# is compiled in place, so state-dict keys and the official layout do not change.
+COMPILED_REGIONS = ("base_model", "gs_generator_g", "gs_generator_l0", "gs_generator_l1", "upsampler")
+
+
+def compile_regions(network: nn.Module) -> nn.Module:
+    """``torch.compile`` the backbone/decoder, the Gaussian heads and the neural renderer in place."""
+    for name in COMPILED_REGIONS:
+        module = getattr(network, name, None)
+        if module is not None:
+            module.compile()
+    return network
+
+
 def autocast(cfg: ExperimentConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if cfg.train.precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

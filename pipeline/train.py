@@ -34,7 +34,14 @@ from .data import (
 )
 from .run_logging import RunLogger
 from .run_names import run_name
-from .step import TrainState, build_train_state, predict, target_at_render_size, train_step
+from .step import (
+    TrainState,
+    build_train_state,
+    compile_regions,
+    predict,
+    target_at_render_size,
+    train_step,
+)
 
 log = logging.getLogger("gaga.train")
 
@@ -143,9 +150,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
             init = Path(cfg.train.init_from).expanduser()
             load_official(str(init / MODEL_FILE if init.is_dir() else init), model=state.network)
-    state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"broadcast_buffers": False})
     if cfg.train.compile:
-        state.model = torch.compile(state.model)
+        compile_regions(state.network)
+    state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"broadcast_buffers": False})
 
     batch_size = per_rank_batch(cfg, world)
     s3 = loop_config.get("s3_options")  # captured on the driver: workers may not share its environment

@@ -1,0 +1,425 @@
+"""Real-time reenactment: reconstruct once from a source, then per driving frame only FLAME,
+the rasterizer and the neural renderer (spec §1.8, the released ``forward_expression``).
+
+    reenactor = Reenactor(model, flame, ReenactOptions.fast())      # or ReenactOptions() (eager fp32)
+    reenactor.set_source(image, shape, transform)                  # [1,3,H,W], [1,300], [1,3,4]
+    out = reenactor(expression, pose, eyes, transform)             # driver codes [B,·] → AvatarOutput
+
+What is cached at :meth:`Reenactor.set_source`: every Gaussian attribute of both branches, merged
+in the model's order [expression | lifted], their world covariances (built once, the released
+rasterizer's way for the official quaternion quirk), the lifted centres, and the source's FLAME
+shape. Per frame: FLAME vertices from the *source* shape + the driver's expression/jaw/eyes (as
+the official inference does), the driver's camera, splatting, StyleUNet. In eager fp32 mode the
+result equals ``model(source_image, source_transform, vertices, target_transform)``.
+
+Optimised mode (:meth:`ReenactOptions.fast`, CUDA, batch 1, static shapes):
+- the FLAME + camera work is one captured CUDA graph writing into static buffers (the vertices go
+  straight into the first V rows of a preallocated ``means`` buffer whose other rows hold the
+  lifted centres), so there is no per-frame concatenation or allocation;
+- the rasterizer (gsplat when available) runs eagerly in float32 on the precomputed covariances;
+  gsplat sizes its tile-intersection buffers from a device count, which is a host sync inside
+  gsplat — the only one per frame;
+- the StyleUNet (78% of the released frame time, spec §10) runs in bf16 autocast, channels-last,
+  optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer.
+Outputs of the optimised mode are views of static buffers, overwritten by the next frame: clone
+what you keep. Nothing here calls ``.item()`` or moves data to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .flame import FlameModel
+from .gagavatar import AvatarOutput, GAGAvatar
+from .gaussian_heads import GaussianAttributes
+from .geometry import axis_angle_to_matrix, intrinsics
+from .rasterizer import covariance_from_quat_scale, render_gaussians
+
+
+@dataclass(frozen=True)
+class ReenactOptions:
+    """How the per-frame work runs. Defaults: eager fp32 (the reference)."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype of the neural renderer (and reconstruction)
+    channels_last: bool = False  # StyleUNet activations and conv weights in NHWC (tensor cores like it)
+    cuda_graphs: bool = False  # capture FLAME+camera and the StyleUNet as CUDA graphs (CUDA, batch 1)
+    compile: bool = False  # torch.compile the StyleUNet (inductor) before capturing it
+    compile_mode: str = "default"  # inductor mode; not "reduce-overhead": the graphs are captured here
+    # CUDA graphs only: the neural renderer of frame k runs on a second stream while frame k+1 is
+    # splatted (gsplat's host sync then waits for the splatting alone). Throughput, not latency;
+    # a frame's output is ready only after the next call or synchronize().
+    pipelined: bool = False
+    backend: str | None = None  # rasterizer backend; None: the model's config ("auto": gsplat on CUDA)
+
+    @classmethod
+    def fast(cls, compile: bool = False, pipelined: bool = False) -> ReenactOptions:
+        """The real-time path: bf16, channels-last, CUDA graphs (+ torch.compile, + two-stream
+        pipelining when asked)."""
+        return cls(precision="bf16", channels_last=True, cuda_graphs=True, compile=compile, pipelined=pipelined)
+
+
+def _channels_last_(module: nn.Module) -> None:
+    """NHWC conv weights, in place. Module.to(memory_format=...) refuses the StyleGAN decoder's
+    5-D modulated-conv weights [1,out,in,k,k]; those get NHWC strides for their [out,in,k,k]
+    slice, which is what the convolution uses."""
+    for p in module.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+        elif p.dim() == 5 and p.shape[0] == 1:
+            p.data = p.data[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
+
+
+def _autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast or nothing. ``cache=False`` inside CUDA-graph capture: autocast's cache of
+    casted weights must not outlive the captured region (PyTorch's CUDA-graph notes)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+    return contextlib.nullcontext()
+
+
+class SourceFlame(nn.Module):
+    """FLAME with one fixed (source) shape, for the per-frame work: the shape blend and the rest
+    joints are computed once by :meth:`set_shape`; :meth:`forward` skins the expression, jaw and
+    eyes. Same LBS as :class:`model.flame.FlameModel` (which concatenates shape and expression
+    coefficients; equal up to float rounding), without landmarks, and with no host→device copy
+    (FlameModel indexes joints with a Python list), so it can be captured in a CUDA graph."""
+
+    def __init__(self, flame: FlameModel) -> None:
+        super().__init__()
+        n_s = flame.n_shape
+        self.scale, self.parents = flame.scale, list(flame.parents)
+        exp_dirs = flame.shapedirs[:, :, n_s:]
+        buffers = {
+            "v_template": flame.v_template, "shape_dirs": flame.shapedirs[:, :, :n_s], "exp_dirs": exp_dirs,
+            "j_regressor": flame.j_regressor, "joint_exp_dirs": torch.einsum("jv,vce->jce", flame.j_regressor, exp_dirs),
+            "posedirs": flame.posedirs, "lbs_weights": flame.lbs_weights,
+            "v_shaped": flame.v_template[None].clone(), "joints": (flame.j_regressor @ flame.v_template)[None],
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.detach().clone(), persistent=False)
+
+    @torch.no_grad()
+    def set_shape(self, shape: torch.Tensor) -> None:
+        """shape [1, n_shape]; written in place (captured graphs read these buffers)."""
+        v = self.v_template + torch.einsum("bk,vck->bvc", shape.to(self.v_template), self.shape_dirs)
+        self.v_shaped.copy_(v)
+        self.joints.copy_(torch.einsum("jv,bvc->bjc", self.j_regressor, v))
+
+    def forward(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
+        """expression [B,E], pose [B,6] (global, jaw), eyes [B,6] → vertices [B,V,3] ×scale."""
+        b = expression.shape[0]
+        e = expression.to(self.exp_dirs.dtype)
+        v_shaped = self.v_shaped + torch.einsum("be,vce->bvc", e, self.exp_dirs)
+        rest = self.joints + torch.einsum("be,jce->bjc", e, self.joint_exp_dirs)  # [B,J,3]
+        neck = torch.zeros_like(pose[:, :3])
+        full_pose = torch.cat([pose[:, :3], neck, pose[:, 3:], eyes], dim=1).to(e.dtype).view(b, -1, 3)
+        rot = axis_angle_to_matrix(full_pose)  # [B,J,3,3]
+        eye3 = torch.eye(3, dtype=e.dtype, device=e.device)
+        v_posed = v_shaped + ((rot[:, 1:] - eye3).reshape(b, -1) @ self.posedirs).view(b, -1, 3)
+        # forward kinematics with integer parent indices (no index tensor to upload)
+        world: list[torch.Tensor] = []
+        for j, parent in enumerate(self.parents):
+            offset = rest[:, j] if j == 0 else rest[:, j] - rest[:, parent]
+            local = torch.cat([torch.cat([rot[:, j], offset[..., None]], -1),
+                               torch.cat([torch.zeros_like(offset), torch.ones_like(offset[:, :1])], -1)[:, None]], 1)
+            world.append(local if j == 0 else world[parent] @ local)
+        chain = torch.stack(world, dim=1)  # [B,J,4,4]
+        rot_w, t_w = chain[..., :3, :3], chain[..., :3, 3]
+        t_skin = t_w - (rot_w @ rest[..., None])[..., 0]  # transforms that act on rest-pose points
+        blend_r = torch.einsum("vj,bjxy->bvxy", self.lbs_weights, rot_w)
+        blend_t = torch.einsum("vj,bjx->bvx", self.lbs_weights, t_skin)
+        return ((blend_r @ v_posed[..., None])[..., 0] + blend_t) * self.scale
+
+
+def viewmat_from_transform(transform: torch.Tensor, flip: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """:func:`model.geometry.transform_to_viewmat` without building constants on the host:
+    transform [B,3,4], flip [3] = (−1, −1, 1), bottom [1,1,4] = (0, 0, 0, 1) → [B,4,4]."""
+    rot, trans = transform[..., :3], transform[..., 3:]
+    top = torch.cat([flip[:, None] * rot.transpose(-1, -2), flip[:, None] * trans], dim=-1)  # [B,3,4]
+    return torch.cat([top, bottom.expand(transform.shape[0], 1, 4)], dim=1)
+
+
+class _Graph:
+    """A callable captured once as a CUDA graph (after warm-up on a side stream); replay()
+    reruns it on whatever its static input buffers hold."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor | tuple], warmup: int = 3) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):  # lazy inits, cuDNN autotuning and compilation stay out of the graph
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn()
+
+    def replay(self):
+        self.graph.replay()
+        return self.output
+
+
+class Reenactor:
+    """One source avatar, many driving frames. ``model`` and ``flame`` must be on the same device;
+    both are put in eval mode (and, with ``channels_last``, the StyleUNet's weights are converted
+    in place)."""
+
+    def __init__(self, model: GAGAvatar, flame: FlameModel, options: ReenactOptions | None = None) -> None:
+        self.options = options or ReenactOptions()
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.flame = SourceFlame(flame).to(self.device)
+        opts = self.options
+        if opts.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"ReenactOptions.cuda_graphs needs a CUDA model (this one is on {self.device}); "
+                             "use ReenactOptions() on CPU")
+        self.size = model.camera.image_size
+        self.num_vertices = model.config.num_vertices
+        # depth is not needed here: one channel less to splat
+        self.raster_config = dataclasses.replace(model.rasterizer, render_depth=False)
+        self.backend = self._resolve_backend(opts.backend or model.rasterizer.backend, model.config.gaussian_channels)
+        self.Ks = intrinsics(model.camera.focal, self.size, self.size, (1,), device=self.device)
+        self._flip = torch.tensor([-1.0, -1.0, 1.0], device=self.device)  # PyTorch3D → OpenCV x/y
+        self._bottom = torch.tensor([[[0.0, 0.0, 0.0, 1.0]]], device=self.device)
+        self.renderer: nn.Module | None = model.upsampler
+        if self.renderer is not None and opts.channels_last:
+            _channels_last_(self.renderer)
+        self._renderer_fn = self.renderer
+        if self.renderer is not None and opts.compile:
+            self._renderer_fn = torch.compile(self.renderer, mode=opts.compile_mode, dynamic=False)
+        self._cache: dict[str, torch.Tensor] | None = None
+        self._frame_graph: _Graph | None = None
+        self._renderer_graph: _Graph | None = None
+        self._recon_graph: _Graph | None = None
+        self._recon_failed = False
+        self._eager_stages: set[str] = set()  # stages whose graph capture failed
+        self._render_stream: torch.cuda.Stream | None = None  # pipelined mode
+        self._render_done: torch.cuda.Event | None = None
+        self.notes: list[str] = []  # fallbacks taken (e.g. a graph that could not be captured)
+
+    def _resolve_backend(self, name: str, channels: int) -> str:
+        """"auto" resolved once here (the registry would look for packages on every frame)."""
+        if name != "auto":
+            return name
+        from .rasterizer import available_backends
+
+        avail = available_backends(self.device, channels)
+        return "gsplat" if "gsplat" in avail else "inria" if "inria" in avail else "torch"
+
+    # ------------------------------------------------------------------ source
+
+    @torch.no_grad()
+    def set_source(self, image: torch.Tensor, shape: torch.Tensor, transform: torch.Tensor) -> None:
+        """image [1,3,H,W] in [0,1], the source's FLAME shape [1,n_shape], its camera [1,3,4]."""
+        if image.shape[0] != 1:
+            raise ValueError(f"one source at a time, got a batch of {image.shape[0]}")
+        dev = self.device
+        image, transform = image.to(dev).float(), transform.to(dev).float()
+        if self.options.cuda_graphs:
+            cache = self._graphed_reconstruct(image, transform)
+        else:
+            with _autocast(dev, self.options.precision):
+                cache = self.model.reconstruct(image, transform)
+        attrs = GaussianAttributes.cat([cache.expression, cache.lifted])
+        normalize = self.model.config.expression.rotation_norm != "official"
+        lifted = cache.lifted_points.float()
+        new = {
+            # the released rasterizer builds R from the raw quaternion (spec §1.5): covariances once
+            "covariances": covariance_from_quat_scale(attrs.rotations.float(), attrs.scales.float(), normalize=normalize),
+            "opacities": attrs.opacities.float().squeeze(-1),
+            "colors": attrs.colors.float(),
+            "lifted_points": lifted,
+            # [expression | lifted] centres; the first V rows are overwritten by every frame
+            "means": torch.cat([lifted.new_zeros(1, self.num_vertices, 3), lifted], dim=1),
+        }
+        self.flame.set_shape(shape.to(dev).float().reshape(1, -1))
+        if self._cache is None or not self.options.cuda_graphs:
+            self._cache = new
+        else:  # the frame graph reads these buffers: refill them in place, it stays valid
+            for key, value in new.items():
+                self._cache[key].copy_(value)
+
+    def _graphed_reconstruct(self, image: torch.Tensor, transform: torch.Tensor):
+        """model.reconstruct as a CUDA graph captured on the first source (static input buffers;
+        a source of another size recaptures). The one-shot latency then has no launch gaps.
+        Falls back to eager (noted in ``self.notes``) if the capture fails."""
+        if self._recon_failed:
+            with _autocast(self.device, self.options.precision):
+                return self.model.reconstruct(image, transform)
+        if self._recon_graph is None or self._recon_inputs[0].shape != image.shape:
+            self._recon_inputs = (image.clone(), transform.clone())
+            static_image, static_transform = self._recon_inputs
+
+            def reconstruct():
+                with _autocast(self.device, self.options.precision, cache=False):
+                    return self.model.reconstruct(static_image, static_transform)
+
+            try:
+                self._recon_graph = _Graph(reconstruct, warmup=2)
+            except RuntimeError as exc:  # keep working without the graph, and say so
+                self._recon_failed = True
+                self.notes.append(f"reconstruction graph capture failed, eager instead: {exc}")
+                with _autocast(self.device, self.options.precision):
+                    return self.model.reconstruct(image, transform)
+        self._recon_inputs[0].copy_(image)
+        self._recon_inputs[1].copy_(transform)
+        return self._recon_graph.replay()
+
+    @property
+    def has_source(self) -> bool:
+        return self._cache is not None
+
+    def _require_source(self) -> dict[str, torch.Tensor]:
+        if self._cache is None:
+            raise RuntimeError("Reenactor: call set_source(image, shape, transform) before rendering frames")
+        return self._cache
+
+    # ------------------------------------------------------------------ per frame
+
+    def vertices(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
+        """FLAME ×5 vertices [B,V,3] of the source shape with the driver's expression [B,E],
+        pose [B,6] (global, jaw) and eyes [B,6]."""
+        self._require_source()
+        return self.flame(expression, pose, eyes)
+
+    def _viewmat(self, transform: torch.Tensor) -> torch.Tensor:
+        return viewmat_from_transform(transform.float(), self._flip, self._bottom)
+
+    def _splat(self, means: torch.Tensor, transform: torch.Tensor):
+        cache = self._require_source()
+        b = means.shape[0]
+        expand = lambda t: t.expand(b, *t.shape[1:])
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return render_gaussians(
+                means, None, None, expand(cache["opacities"]), expand(cache["colors"]),
+                self._viewmat(transform), self.Ks.expand(b, 3, 3), self.size, self.size,
+                covariances=expand(cache["covariances"]), backend=self.backend, config=self.raster_config,
+            )
+
+    def _refine(self, features: torch.Tensor) -> torch.Tensor:
+        if self._renderer_fn is None:
+            return features[:, :3]
+        x = features.contiguous(memory_format=torch.channels_last) if self.options.channels_last else features
+        with _autocast(self.device, self.options.precision):
+            return self._renderer_fn(x).float()
+
+    @torch.no_grad()
+    def __call__(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
+                 transform: torch.Tensor) -> AvatarOutput:
+        """Driver codes expression [B,E], pose [B,6], eyes [B,6] and camera [B,3,4] → AvatarOutput
+        (coarse [B,3,S,S], refined [B,3,S,S] in (0,1), features, alpha)."""
+        if self.options.cuda_graphs:
+            return self._graphed(expression, pose, eyes, transform)
+        cache = self._require_source()
+        verts = self.vertices(expression, pose, eyes).float()
+        means = torch.cat([verts, cache["lifted_points"].float().expand(verts.shape[0], -1, -1)], dim=1)
+        out = self._splat(means, transform)
+        return AvatarOutput(coarse=out.image[:, :3], refined=self._refine(out.image), features=out.image,
+                            alpha=out.alpha, lifted_points=cache["lifted_points"], depth=out.depth)
+
+    # ------------------------------------------------------------------ CUDA graphs
+
+    def _capture(self, name: str, fn: Callable[[], Any]) -> _Graph | None:
+        """_Graph(fn), or None with a note when capture fails (that stage then runs eagerly)."""
+        try:
+            return _Graph(fn)
+        except RuntimeError as exc:
+            self.notes.append(f"{name} graph capture failed, eager instead: {exc}")
+            return None
+
+    def _graphed(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
+                 transform: torch.Tensor) -> AvatarOutput:
+        cache = self._require_source()
+        if expression.shape[0] != 1:
+            raise ValueError(f"the CUDA-graph path renders batch 1 (static shapes), got {expression.shape[0]}")
+        V = self.num_vertices
+        if self._frame_graph is None and "frame" not in self._eager_stages:
+            self._inputs = {
+                "expression": expression.detach().clone().float(), "pose": pose.detach().clone().float(),
+                "eyes": eyes.detach().clone().float(), "transform": transform.detach().clone().float(),
+            }
+            inp = self._inputs
+
+            def frame() -> torch.Tensor:
+                cache["means"][:, :V].copy_(self.vertices(inp["expression"], inp["pose"], inp["eyes"]))
+                return self._viewmat(inp["transform"])
+
+            self._frame_graph = self._capture("FLAME/camera", frame)
+            if self._frame_graph is None:
+                self._eager_stages.add("frame")
+        if self._frame_graph is not None:
+            for key, value in (("expression", expression), ("pose", pose), ("eyes", eyes), ("transform", transform)):
+                self._inputs[key].copy_(value)
+            viewmat = self._frame_graph.replay()
+        else:
+            cache["means"][:, :V].copy_(self.vertices(expression, pose, eyes))
+            viewmat = self._viewmat(transform)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            out = render_gaussians(
+                cache["means"], None, None, cache["opacities"], cache["colors"], viewmat, self.Ks, self.size,
+                self.size, covariances=cache["covariances"], backend=self.backend, config=self.raster_config,
+            )
+        features = out.image
+        if self.renderer is None:
+            refined = features[:, :3]
+        elif "renderer" in self._eager_stages:
+            refined = self._refine(features)
+        else:
+            if self._renderer_graph is None:
+                fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
+                dtype = torch.bfloat16 if self.options.precision == "bf16" else torch.float32
+                self._features_in = torch.empty_like(features, dtype=dtype, memory_format=fmt)
+                self._features_in.copy_(features)
+                static = self._features_in
+
+                def refine() -> torch.Tensor:
+                    with _autocast(self.device, self.options.precision, cache=False):
+                        return self._renderer_fn(static).float()
+
+                self._renderer_graph = self._capture("neural renderer", refine)
+                if self._renderer_graph is None:
+                    self._eager_stages.add("renderer")
+                    return self._graphed(expression, pose, eyes, transform)
+            refined = self._replay_renderer(features)
+        return AvatarOutput(coarse=features[:, :3], refined=refined, features=features, alpha=out.alpha,
+                            lifted_points=cache["lifted_points"], depth=out.depth)
+
+    def _replay_renderer(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.options.pipelined:
+            self._features_in.copy_(features)  # one kernel: float32 NCHW → bf16 NHWC
+            return self._renderer_graph.replay()
+        if self._render_stream is None:
+            self._render_stream, self._render_done = torch.cuda.Stream(), torch.cuda.Event()
+            self._render_done.record()
+        current = torch.cuda.current_stream()
+        current.wait_event(self._render_done)  # the previous frame's renderer has read its input
+        self._features_in.copy_(features)
+        self._render_stream.wait_stream(current)
+        with torch.cuda.stream(self._render_stream):
+            refined = self._renderer_graph.replay()
+            self._render_done.record()
+        return refined
+
+    def synchronize(self) -> None:
+        """Make the current stream wait for the pipelined renderer (no host sync): after this,
+        the last frame's ``refined`` may be read on the current stream."""
+        if self._render_stream is not None:
+            torch.cuda.current_stream().wait_stream(self._render_stream)
+
+    # ------------------------------------------------------------------ helpers
+
+    @torch.no_grad()
+    def render_params(self, params: torch.Tensor) -> AvatarOutput:
+        """Driver frames as flat tracked parameters [B,428] (preprocessing.frame_params layout;
+        their shape codes are ignored: the source's is used)."""
+        from preprocessing.frame_params import split_params  # the sample layout lives with the data format
+
+        p = split_params(params.to(self.device).float())
+        return self(p["expression"], p["pose"], p["eyes"], p["transform_matrix"])

@@ -1,0 +1,156 @@
+"""The Reenactor (CPU): its FLAME equals FlameModel, its frames equal the model's forward, and the
+`gaga-reenact` CLI on generated inputs (a photo-like source, a driver video, tracked shards)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.flame import FlameModel
+from model.gagavatar import GAGAvatar
+from model.geometry import euler_to_matrix, look_at_transform
+from model.reenactment import ReenactOptions, Reenactor, SourceFlame
+from pipeline.config import load_config
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    cfg = load_config("smoke", ["rasterizer.backend=torch"])  # renderer noise off: deterministic frames
+    torch.manual_seed(0)
+    model = GAGAvatar(cfg.model, cfg.camera, cfg.rasterizer).eval()
+    return cfg, model, FlameModel.from_config(cfg.flame)
+
+
+def _driver(b: int, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    expression = torch.randn(b, 100, generator=g) * 0.5
+    pose = torch.zeros(b, 6)
+    pose[:, 3] = torch.rand(b, generator=g) * 0.3  # jaw open
+    eyes = torch.randn(b, 6, generator=g) * 0.1
+    yaw, pitch = (torch.rand(b, generator=g) - 0.5) * 0.8, (torch.rand(b, generator=g) - 0.5) * 0.3
+    return expression, pose, eyes, look_at_transform(9.3, euler_to_matrix(yaw, pitch, torch.zeros(b)))
+
+
+def test_source_flame_equals_flame_model(smoke):
+    _, _, flame = smoke
+    shape = torch.randn(1, 300) * 0.7
+    expression, pose, eyes, _ = _driver(3, 1)
+    pose[:, :3] = 0.1  # a global rotation too
+    fast = SourceFlame(flame)
+    fast.set_shape(shape)
+    with torch.no_grad():
+        want = flame(shape.expand(3, -1), expression, pose, eyes).vertices
+        got = fast(expression, pose, eyes)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_reenactor_equals_forward(smoke):
+    cfg, model, flame = smoke
+    reenactor = Reenactor(model, flame)
+    size = cfg.camera.image_size
+    for seed in (0, 1):  # a second source replaces the first
+        g = torch.Generator().manual_seed(10 + seed)
+        image = torch.rand(1, 3, size, size, generator=g)
+        shape = torch.randn(1, 300, generator=g) * 0.5
+        source_transform = look_at_transform(9.3, euler_to_matrix(torch.tensor([0.2 * seed]), torch.zeros(1), torch.zeros(1)))
+        reenactor.set_source(image, shape, source_transform)
+        expression, pose, eyes, transform = _driver(2, seed)
+        out = reenactor(expression, pose, eyes, transform)
+        with torch.no_grad():
+            vertices = flame(shape.expand(2, -1), expression, pose, eyes).vertices  # source shape, driver codes
+            ref = model(image.expand(2, -1, -1, -1), source_transform.expand(2, -1, -1), vertices, transform)
+        assert out.refined.shape == (2, 3, size, size)
+        assert torch.allclose(out.coarse, ref.coarse, atol=1e-4), (out.coarse - ref.coarse).abs().max()
+        assert torch.allclose(out.refined, ref.refined, atol=1e-4), (out.refined - ref.refined).abs().max()
+    # flat parameters (the shard layout) give the same frames
+    from preprocessing.frame_params import FrameParams
+
+    flat = torch.from_numpy(np.stack([FrameParams(np.zeros(300), expression[i], pose[i], eyes[i], transform[i],
+                                                  np.zeros(4)).pack() for i in range(2)]))
+    assert torch.allclose(reenactor.render_params(flat).refined, out.refined, atol=1e-6)
+
+
+def test_cuda_graphs_are_refused_on_cpu(smoke):
+    _, model, flame = smoke
+    with pytest.raises(ValueError, match="CUDA"):
+        Reenactor(model, flame, ReenactOptions.fast())
+    with pytest.raises(RuntimeError, match="set_source"):
+        Reenactor(model, flame)(*_driver(1, 0))
+
+
+@pytest.mark.slow
+def test_gaga_reenact_cli_with_a_video_and_with_shards(tmp_path, capsys):
+    from test_evaluate import make_smoke_checkpoint, write_test_shards
+
+    from jobs.reenact import main
+    from preprocessing.synthetic import ensure_dataset, read_video, write_video
+
+    cfg = load_config("smoke", ["rasterizer.backend=torch"])
+    dataset = ensure_dataset(cfg.synthetic)
+    shards = write_test_shards(tmp_path / "shards", dataset, cfg.camera.image_size)
+    checkpoint = make_smoke_checkpoint(tmp_path / "checkpoint", cfg, shards["test_self"], steps=1)
+    up = lambda f: np.asarray(Image.fromarray(f).resize((256, 256), Image.Resampling.BICUBIC))  # dlib needs ≥ 80 px faces
+    Image.fromarray(up(read_video(dataset / "videos" / "synth002c00.mp4")[3])).save(tmp_path / "face.png")
+    clip = read_video(dataset / "videos" / "synth003c00.mp4")[:6]
+    write_video(np.stack([up(f) for f in clip]), tmp_path / "driver.mp4", fps=25, preset="ultrafast")
+    common = ["--config", "smoke", "--checkpoint", str(checkpoint), "--source", str(tmp_path / "face.png"),
+              "--set", "preprocess.tracking.rigid_steps=20", "--set", "preprocess.tracking.steps=30"]
+
+    main([*common, "--driver", str(tmp_path / "driver.mp4"), "--out", str(tmp_path / "video.mp4")])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 6 and summary["driver"]["kind"] == "video" and summary["layout"] == "driver | result"
+    frames = read_video(tmp_path / "video.mp4")
+    size = cfg.camera.image_size
+    assert frames.shape == (6, size, 2 * size, 3)
+    pngs = sorted((tmp_path / "video_frames").glob("*.png"))
+    assert len(pngs) == 6 and np.asarray(Image.open(pngs[0])).shape == (size, size, 3)
+    assert any("smoke model" in w for w in summary["warnings"])
+
+    main([*common, "--driver", shards["test_self"], "--driver-clip", "synth003c00", "--no-side-by-side",
+          "--out", str(tmp_path / "shards.mp4"), "--frames", str(tmp_path / "shard_frames")])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["driver"]["kind"] == "shards" and summary["frames"] == 3  # frames 0, 8, 16 of the clip
+    assert read_video(tmp_path / "shards.mp4").shape == (3, size, size, 3)
+    assert len(list((tmp_path / "shard_frames").glob("*.png"))) == 3
+
+
+class _ReplayByCalling:
+    """Stands in for a CUDA graph on the CPU: "replay" reruns the captured function on the same
+    static buffers, which is what a graph replay does with them."""
+
+    def __init__(self, fn, warmup: int = 3) -> None:
+        self.fn = fn
+        self.output = fn()
+
+    def replay(self):
+        self.output = self.fn()
+        return self.output
+
+
+def test_graphed_path_buffer_plumbing_on_cpu(smoke, monkeypatch):
+    """The CUDA-graph path's static buffers (driver inputs, the means buffer, the refilled source
+    cache, the renderer input) give the eager frames, across frames and a change of source."""
+    import model.reenactment as reenactment
+
+    cfg, model, flame = smoke
+    monkeypatch.setattr(reenactment, "_Graph", _ReplayByCalling)
+    eager = Reenactor(model, flame)
+    graphed = Reenactor(model, flame)
+    graphed.options = ReenactOptions(cuda_graphs=True)  # past the CUDA check: the plumbing only
+    size = cfg.camera.image_size
+    for seed in (3, 4):
+        g = torch.Generator().manual_seed(seed)
+        image, shape = torch.rand(1, 3, size, size, generator=g), torch.randn(1, 300, generator=g) * 0.5
+        source_transform = look_at_transform(9.3)[None]
+        eager.set_source(image, shape, source_transform)
+        graphed.set_source(image, shape, source_transform)
+        expression, pose, eyes, transform = _driver(2, seed)
+        for i in range(2):
+            one = (expression[i:i + 1], pose[i:i + 1], eyes[i:i + 1], transform[i:i + 1])
+            assert torch.allclose(graphed(*one).refined, eager(*one).refined, atol=1e-5)
+    assert graphed._frame_graph is not None and graphed._renderer_graph is not None and graphed._recon_graph is not None
+    assert not graphed.notes
