@@ -17,10 +17,13 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,21 +37,40 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def bench_stages(root: Path, cfg, flame, device: str) -> dict:
-    from preprocessing.clip import crop_clip, track_clip, truth_from_bytes
+def dataset_clips(root: Path) -> list[tuple[str, Callable[[], Any], Any]]:
+    """(clip id, frame-source factory, ground truth) of a generated dataset folder (PyAV decoding)."""
+    from preprocessing.clip import truth_from_bytes
+    from preprocessing.video_io import VideoSource
+
+    return [(v.stem, lambda v=v: VideoSource(v.read_bytes()), truth_from_bytes((root / "sidecars" / f"{v.stem}.npz").read_bytes()))
+            for v in sorted((root / "videos").glob("*.mp4"))]
+
+
+def memory_clips(synth) -> list[tuple[str, Callable[[], Any], Any]]:
+    """The same clips rendered in memory and served as PNG frames (machines without PyAV)."""
+    from preprocessing.sample_format import encode_image
+    from preprocessing.synthetic import generate_clip
+    from preprocessing.video_io import FrameFolderSource
+
+    out = []
+    for identity in range(synth.identities):
+        clip = generate_clip(synth, identity, 0)
+        pngs = {f"{k:05d}.png": encode_image(f, "png") for k, f in enumerate(clip.frames)}
+        out.append((clip.clip_id, lambda p=pngs: FrameFolderSource(list(p), p.__getitem__), clip.truth))
+    return out
+
+
+def bench_stages(clips: list[tuple[str, Callable[[], Any], Any]], cfg, flame, device: str) -> dict:
+    from preprocessing.clip import crop_clip, track_clip
     from preprocessing.detection import SidecarFaceDetector
     from preprocessing.landmarks import SidecarLandmarkDetector
-    from preprocessing.video_io import VideoSource
 
     pcfg = cfg.preprocess
     read_s, track_s, frames = [], [], []
-    videos = sorted((root / "videos").glob("*.mp4"))
     warm = replace(pcfg, tracking=replace(pcfg.tracking, rigid_steps=5, steps=5))
-    for i, video in enumerate(videos):
-        truth = truth_from_bytes((root / "sidecars" / f"{video.stem}.npz").read_bytes())
+    for i, (clip_id, source, truth) in enumerate(clips):
         t0 = time.perf_counter()
-        clip = crop_clip(video.stem, VideoSource(video.read_bytes()), SidecarFaceDetector(truth),
-                         SidecarLandmarkDetector(truth), pcfg)
+        clip = crop_clip(clip_id, source(), SidecarFaceDetector(truth), SidecarLandmarkDetector(truth), pcfg)
         t1 = time.perf_counter()
         if i == 0:  # the first autograd/CUDA calls of a process cost ~1 s: not per clip
             track_clip(clip, flame, warm, cfg.camera.focal, device=device)
@@ -62,7 +84,7 @@ def bench_stages(root: Path, cfg, flame, device: str) -> dict:
         frames.append(len(clip.frame_ids))
     k = statistics.median(frames)
     return {
-        "clips": len(videos), "frames_per_clip": k,
+        "clips": len(clips), "frames_per_clip": k,
         "read_s_per_clip": statistics.median(read_s), "track_s_per_clip": statistics.median(track_s),
         "read_frames_per_s": k / statistics.median(read_s), "track_frames_per_s": k / statistics.median(track_s),
     }
@@ -120,6 +142,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--gpu", action="store_true", help="also time the tracker on CUDA")
     parser.add_argument("--no-job", action="store_true", help="skip the end-to-end Ray job")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the tracker on CUDA, clips rendered in memory (no PyAV, no Ray needed)")
     args = parser.parse_args()
 
     from model.flame import FlameModel
@@ -132,19 +156,31 @@ def main() -> None:
     cfg = replace(cfg, preprocess=replace(cfg.preprocess, sampling=replace(cfg.preprocess.sampling, min_frames=min(25, args.frames))))
     synth = SyntheticDataConfig(identities=args.clips, clips_per_identity=1, frames_per_clip=args.frames,
                                 resolution=args.resolution, test_identities=1, workers=1)
-    root = ensure_dataset(synth)
     torch.set_num_threads(1)  # per-core figures
     flame = FlameModel.from_config(cfg.flame)
     result = {
         "bench": "preprocess", "config": args.config, "crop_size": cfg.preprocess.crop.size,
+        "command": " ".join(["python", "-m", "bench.preprocess", *sys.argv[1:]]),
         "tracking_steps": {"rigid": cfg.preprocess.tracking.rigid_steps, "joint": cfg.preprocess.tracking.steps},
-        "dataset": {"clips": args.clips, "frames": args.frames, "resolution": args.resolution, "path": str(root)},
+        "dataset": {"clips": args.clips, "frames": args.frames, "resolution": args.resolution},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "per_cpu_core": bench_stages(root, cfg, flame, "cpu"),
-        "dlib_per_frame": bench_dlib(cfg.preprocess),
     }
+    if args.gpu_only:  # the GPU tracker actor's throughput; frames served from memory
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu-only needs CUDA")
+        result["per_gpu_tracker"] = bench_stages(memory_clips(synth), cfg, flame.cuda(), "cuda")
+        result["note"] = "per GPU tracker (one clip per call); read stage = PNG frames from memory, not video decoding"
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+        print(json.dumps(result, indent=1, default=float))
+        return
+    root = ensure_dataset(synth)
+    result["dataset"]["path"] = str(root)
+    clips = dataset_clips(root)
+    result["per_cpu_core"] = bench_stages(clips, cfg, flame, "cpu")
+    result["dlib_per_frame"] = bench_dlib(cfg.preprocess)
     core = result["per_cpu_core"]
     dlib = result["dlib_per_frame"]
     k = cfg.preprocess.crop.keyframe_interval
@@ -155,7 +191,7 @@ def main() -> None:
         "note": "dlib path ≈ sidecar path + HOG on every k-th frame + HOG and predictor on each kept crop",
     }
     if args.gpu and torch.cuda.is_available():
-        result["per_gpu_tracker"] = bench_stages(root, cfg, flame, "cuda")
+        result["per_gpu_tracker"] = bench_stages(clips, cfg, flame, "cuda")
     if not args.no_job:
         result["job_local_ray"] = bench_job(root, cfg)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,12 @@ class FlameModel(nn.Module):
     ) -> FlameOutput:
         """shape [B,n_shape], expression [B,n_expression], pose [B,6] (global, jaw), eyes [B,6],
         neck [B,3]; missing ones are zero. Returns vertices/landmarks/joints ×scale."""
+        # geometry: always float32, also under autocast (bf16 would move vertices by pixels)
+        with torch.autocast(device_type=self.v_template.device.type, enabled=False):
+            return self._forward(shape, expression, pose, eyes, neck)
+
+    def _forward(self, shape: torch.Tensor, expression: torch.Tensor | None, pose: torch.Tensor | None,
+                 eyes: torch.Tensor | None, neck: torch.Tensor | None) -> FlameOutput:
         b = shape.shape[0]
         dtype, device = self.v_template.dtype, self.v_template.device
         zeros = lambda n: torch.zeros(b, n, dtype=dtype, device=device)
@@ -115,8 +121,8 @@ class FlameModel(nn.Module):
         pose = zeros(6) if pose is None else pose
         eyes = zeros(6) if eyes is None else eyes
         neck = zeros(3) if neck is None else neck
-        betas = torch.cat([shape, expression], dim=1).to(dtype)
-        full_pose = torch.cat([pose[:, :3], neck, pose[:, 3:], eyes], dim=1).to(dtype)
+        betas = torch.cat([shape.to(dtype), expression.to(dtype)], dim=1)
+        full_pose = torch.cat([pose[:, :3], neck, pose[:, 3:], eyes], dim=1).to(dtype)  # [B,15]
 
         v_shaped = self.v_template + torch.einsum("bk,vck->bvc", betas, self.shapedirs)
         rest_joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v_shaped)

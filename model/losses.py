@@ -53,38 +53,64 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _block_min(q: torch.Tensor, p: torch.Tensor, p_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """min over points of ‖p‖² − 2⟨q,p⟩ (= ‖q−p‖² − ‖q‖²) and its index: q [B,V,3], p [B,P,3],
+    p_sq [B,P] → ([B,V], [B,V]). Written as a broadcast so that torch.compile turns it into one
+    reduction kernel that never materialises the [B,V,P] distances."""
+    dot = q[..., 0:1] * p[:, None, :, 0] + q[..., 1:2] * p[:, None, :, 1] + q[..., 2:3] * p[:, None, :, 2]
+    return (p_sq[:, None, :] - 2.0 * dot).min(dim=-1)
+
+
+_fused_block_min = None
+
+
+def _nearest_index_fused(q: torch.Tensor, p: torch.Tensor, p_sq: torch.Tensor, query_chunk: int) -> torch.Tensor:
+    """CUDA: the compiled :func:`_block_min` over all points at once (no [B,V,P] tensor)."""
+    global _fused_block_min
+    if _fused_block_min is None:
+        _fused_block_min = torch.compile(_block_min, dynamic=False, fullgraph=True)
+    return torch.cat([_fused_block_min(q[:, v0:v0 + query_chunk], p, p_sq)[1] for v0 in range(0, q.shape[1], query_chunk)], 1)
+
+
+def _nearest_index_chunked(q: torch.Tensor, p: torch.Tensor, p_sq: torch.Tensor, query_chunk: int,
+                           point_chunk: int) -> torch.Tensor:
+    """Anywhere: running minima over (query chunk × point chunk) blocks with matmuls (memory ≈
+    B·query_chunk·point_chunk·4 bytes)."""
+    nearest = []
+    for v0 in range(0, q.shape[1], query_chunk):
+        qc = q[:, v0:v0 + query_chunk]
+        best = qc.new_full(qc.shape[:2], float("inf"))
+        best_idx = torch.zeros(qc.shape[:2], dtype=torch.long, device=qc.device)
+        for p0 in range(0, p.shape[1], point_chunk):
+            pc = p[:, p0:p0 + point_chunk]
+            d = torch.baddbmm(p_sq[:, None, p0:p0 + point_chunk], qc, pc.transpose(1, 2), alpha=-2.0)
+            val, idx = d.min(dim=-1)
+            better = val < best
+            best = torch.where(better, val, best)
+            best_idx = torch.where(better, idx + p0, best_idx)
+        nearest.append(best_idx)
+    return torch.cat(nearest, dim=1)
+
+
 def nearest_sq_distances(queries: torch.Tensor, points: torch.Tensor, query_chunk: int = 1024,
-                         point_chunk: int = 16384) -> torch.Tensor:
+                         point_chunk: int = 16384, fused: bool = True) -> torch.Tensor:
     """For each query [B,V,3] the squared distance to its nearest point in [B,P,3] → [B,V].
 
-    The nearest indices are found without gradient, in float32, by running minima over
-    (query chunk × point chunk) blocks of ‖p‖² − 2⟨q,p⟩ (memory ≈ B·query_chunk·point_chunk·4
-    bytes); the distance is then recomputed exactly, differentiable w.r.t. the points (and the
-    queries). No host synchronisation.
+    The nearest indices are found without gradient, in float32 (``fused`` and on CUDA: one
+    compiled reduction; otherwise chunked matmuls); the distance is then recomputed exactly,
+    differentiable w.r.t. the points (and the queries). No host synchronisation.
     """
-    B, V, _ = queries.shape
-    P = points.shape[1]
+    fused = fused and points.is_cuda
     with torch.no_grad(), torch.autocast(device_type=points.device.type, enabled=False):
         q = queries.detach().float()
         p = points.detach().float()
         origin = q.mean(dim=1, keepdim=True)  # centring keeps the expansion's cancellation small
         q, p = q - origin, p - origin
         p_sq = p.pow(2).sum(-1)  # [B,P]
-        nearest = []
-        for v0 in range(0, V, query_chunk):
-            qc = q[:, v0:v0 + query_chunk]
-            best = qc.new_full(qc.shape[:2], float("inf"))
-            best_idx = torch.zeros(qc.shape[:2], dtype=torch.long, device=qc.device)
-            for p0 in range(0, P, point_chunk):
-                pc = p[:, p0:p0 + point_chunk]
-                # ‖q−p‖² − ‖q‖²: the per-query constant does not change the argmin
-                d = torch.baddbmm(p_sq[:, None, p0:p0 + point_chunk], qc, pc.transpose(1, 2), alpha=-2.0)
-                val, idx = d.min(dim=-1)
-                better = val < best
-                best = torch.where(better, val, best)
-                best_idx = torch.where(better, idx + p0, best_idx)
-            nearest.append(best_idx)
-        index = torch.cat(nearest, dim=1)  # [B,V]
+        if fused:
+            index = _nearest_index_fused(q, p, p_sq, query_chunk)
+        else:
+            index = _nearest_index_chunked(q, p, p_sq, query_chunk, point_chunk)
     chosen = torch.gather(points, 1, index[..., None].expand(-1, -1, 3))
     return (queries.to(chosen.dtype) - chosen).pow(2).sum(-1)
 
@@ -154,7 +180,7 @@ class GAGAvatarLoss(nn.Module):
                 )
         if cfg.lifting_weight > 0:
             d = nearest_sq_distances(target_vertices, output.lifted_points, cfg.lifting_chunk_size,
-                                     cfg.lifting_point_chunk_size)
+                                     cfg.lifting_point_chunk_size, fused=cfg.lifting_search == "fused")
             terms["lifting"] = cfg.lifting_weight * d.mean()
         if cfg.ssim_weight > 0:
             terms["ssim"] = cfg.ssim_weight * 0.5 * self._pair(output, lambda x: (1 - ssim(x.float(), gt)).mean())

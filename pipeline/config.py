@@ -44,7 +44,7 @@ class TrainConfig:
     use_gpu: bool = True  # falls back to CPU when the cluster has no GPU
     cpus_per_worker: int = 8
     precision: Literal["bf16", "fp32"] = "bf16"
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone/decoder, heads and StyleUNet (regions)
     storage_path: str = "outputs/runs"
     run_name: str = ""  # empty: derived from the config (deterministic)
     checkpoint_every: int = 5_000

@@ -185,3 +185,13 @@ def test_official_face_perceptual_loss(tmp_path):
         built = build_perceptual(cfg)
     assert isinstance(built, FacePerceptualLoss) and built.vggface is not None
     assert build_perceptual(dataclasses.replace(cfg, perceptual="none")) is None
+
+
+def test_fused_nearest_search_block_equals_brute_force():
+    """The broadcast form that CUDA compiles into one reduction picks the same neighbours."""
+    from model.losses import _block_min
+
+    torch.manual_seed(1)
+    q, p = torch.randn(2, 50, 3), torch.randn(2, 700, 3)
+    _, idx = _block_min(q, p, p.pow(2).sum(-1))
+    assert torch.equal(idx, torch.cdist(q, p).argmin(-1))
