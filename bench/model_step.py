@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bench.report import write_report
 from model.config import CameraConfig, LossConfig, ModelConfig, OptimConfig, RasterizerConfig
 from model.flame import FlameModel
 from model.gagavatar import GAGAvatar
@@ -163,11 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": {"model": dataclasses.asdict(ModelConfig()), "camera": dataclasses.asdict(CameraConfig())},
     }
     result.update(bench(args))
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from bench.report import write_report
+
 TARGETS = {"fast_fps_min": 300.0, "fast_over_eager_fp32_min": 3.0, "reconstruction_ms_max": 10.0}
 
 
@@ -254,11 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     info["paper"] = {"table2_fps": paper_results.TABLE2_FPS["GAGAvatar"], "table2_gpu": paper_results.TABLE2_GPU,
                      "released_code_h100": paper_results.RELEASED_H100}
     info.update(bench(args))
-    text = json.dumps(info, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(info, args.out)
 
 
 if __name__ == "__main__":

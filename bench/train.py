@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.report import write_report
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data import PrefetchingLoader, ShardPairSource
 from pipeline.step import build_train_state, compile_regions, flame_vertices, train_step
@@ -218,9 +219,7 @@ def main() -> None:
         report["ray_train_1_worker"] = ray_perf
         if "perf/pairs_per_s" in ray_perf:
             report["ray_vs_plain_loop"] = ray_perf["perf/pairs_per_s"] / results[best]["pairs_per_s"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

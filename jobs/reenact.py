@@ -21,7 +21,8 @@ from jobs.common import config_parser, resolve_config, setup_logging
 def main(argv: Sequence[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=False, help="our checkpoint directory or the released GAGAvatar.pt")
-    parser.add_argument("--source", required=True, help="source image (any photo with one face)")
+    parser.add_argument("--source", required=True, help="source image (any photo with one face), or a tracked shard prefix")
+    parser.add_argument("--source-clip", default=None, help="with a shard prefix as source: the clip id (default: the first)")
     parser.add_argument("--driver", required=True, help="driver: a video (.mp4, …), an image, or a tracked shard prefix")
     parser.add_argument("--driver-clip", default=None, help="with a shard prefix: the clip id (default: the first)")
     parser.add_argument("--out", required=True, help="output video (.mp4)")
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     summary = run_reenact(cfg, cfg.eval.checkpoint, args.source, args.driver, args.out, frames_dir=args.frames,
                           clip=args.driver_clip, side_by_side=False if args.no_side_by_side else None,
-                          device=args.device)
+                          device=args.device, source_clip=args.source_clip)
     print(json.dumps(summary, indent=1, default=str))
 
 

@@ -1,10 +1,44 @@
-"""`gaga-sweep`: placeholder until its issue lands."""
+"""`gaga-sweep`: ablation sweeps (paper Table 3) on Ray Tune.
 
-from jobs.common import not_implemented
+    gaga-sweep --spec configs/sweeps/table3.yaml --dry-run
+    gaga-sweep --spec configs/sweeps/table3.yaml --preset smoke --set train.steps=20 --set data.train_shards=...
+
+Rerunning the same sweep skips finished cells and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+
+from jobs.common import setup_logging
+from pipeline.configtools import ConfigError
 
 
 def main() -> None:
-    not_implemented("gaga-sweep", "Ablation sweeps")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="sweep spec YAML (configs/sweeps/table3.yaml)")
+    parser.add_argument("--preset", default=None, help="replace the spec's preset (e.g. smoke for a quick run)")
+    parser.add_argument("--storage", default=None, help="replace the spec's storage_path (local or s3://)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override applied to every cell (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the cells and their resolved overrides")
+    args = parser.parse_args()
+    setup_logging()
+    from pipeline.sweep import dry_run, load_spec, run_sweep
+
+    try:
+        spec = load_spec(args.spec)
+        spec = replace(spec, **{k: v for k, v in (("preset", args.preset), ("storage_path", args.storage)) if v})
+        if args.dry_run:
+            print(dry_run(spec, args.overrides))
+            return
+        result = run_sweep(spec, args.overrides)
+    except ConfigError as exc:
+        sys.exit(f"sweep config error: {exc}")
+    print(json.dumps({"files": result["files"], "rows": result["rows"]}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -52,9 +52,12 @@ def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
     return xyz * scale
 
 
-def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """[..., 4] unit quaternion (w, x, y, z) → [..., 3, 3]."""
-    q = F.normalize(q, dim=-1)
+def quaternion_to_matrix(q: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """[..., 4] quaternion (w, x, y, z) → [..., 3, 3]. With ``normalize=False`` the textbook
+    formula is applied to q as given, so a non-unit q gives a non-orthogonal matrix, exactly as
+    graphdeco's ``computeCov3D`` does (the released GAGAvatar rasterizer relies on it)."""
+    if normalize:
+        q = F.normalize(q, dim=-1)
     w, x, y, z = q.unbind(-1)
     return torch.stack(
         [

@@ -42,6 +42,17 @@ def _to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def _same_size(images: list[np.ndarray]) -> torch.Tensor:
+    """H×W×3 uint8 images → [N,3,H,W] at the first one's size (a model may render at another
+    resolution than the test crops; the metrics align and resize to 512 afterwards anyway)."""
+    size = np.asarray(images[0]).shape[:2]
+    tensors = [_to_tensor([i]) for i in images]
+    tensors = [t if t.shape[-2:] == size else torch.nn.functional.interpolate(t, size=size, mode="bilinear",
+                                                                               antialias=True, align_corners=False)
+               for t in tensors]
+    return torch.cat(tensors)
+
+
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N,3,H,W] float → [N,H,W,3] uint8 (one host copy per batch)."""
     return (images.detach().float().clamp(0, 1) * 255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -250,7 +261,7 @@ class MetricStage:
             split = str(batch["split"][i])
             src_id = f"{batch['source_clip'][i]}/{batch['source_frame'][i]}"
             drv_id = f"{batch['target_clip'][i]}/{batch['target_frame'][i]}"
-            images = _to_tensor([batch["source"][i], batch["target"][i], batch["result"][i]])
+            images = _same_size([batch["source"][i], batch["target"][i], batch["result"][i]])
             m = self.metrics.evaluate(images[0], images[1], images[2], cross=split == "cross",
                                       driver_fallback=batch["target_landmarks"][i],
                                       source_fallback=batch["source_landmarks"][i],

@@ -55,12 +55,18 @@ def pool_sizes(cfg: ExperimentConfig, cluster: dict[str, float], pairs: int) -> 
     actors: the CPUs left after one reader and the renderers (at least one), never more than pairs."""
     ev = cfg.eval
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
-    render = ev.render_actors or (max(1, int(gpus)) if gpus >= 1 else 1)
+    render = max(1, min(ev.render_actors or (max(1, int(gpus)) if gpus >= 1 else 1), pairs))
     left = cpus - render * ev.cpus_per_render_actor - ev.cpus_per_reader
-    metric = ev.metric_actors or max(1, int(left / ev.cpus_per_metric_actor + 1e-9))
-    return Pools(render_actors=max(1, min(render, pairs)), render_gpus=1.0 if gpus >= 1 else 0.0,
-                 render_cpus=ev.cpus_per_render_actor, metric_actors=max(1, min(metric, pairs)),
-                 metric_cpus=ev.cpus_per_metric_actor, reader_cpus=ev.cpus_per_reader)
+    metric = max(1, min(ev.metric_actors or max(1, int(left / ev.cpus_per_metric_actor + 1e-9)), pairs))
+    render_cpus, metric_cpus, reader_cpus = ev.cpus_per_render_actor, ev.cpus_per_metric_actor, ev.cpus_per_reader
+    # on a small cluster the minimum pools may ask for more CPUs than exist: every actor would
+    # then hold its CPU while the reader waits for one forever. Shrink the (logical) reservations.
+    wanted = render * render_cpus + metric * metric_cpus + reader_cpus
+    if wanted > cpus:
+        scale = cpus / wanted
+        render_cpus, metric_cpus, reader_cpus = render_cpus * scale, metric_cpus * scale, reader_cpus * scale
+    return Pools(render_actors=render, render_gpus=1.0 if gpus >= 1 else 0.0, render_cpus=render_cpus,
+                 metric_actors=metric, metric_cpus=metric_cpus, reader_cpus=reader_cpus)
 
 
 def default_output(info: CheckpointInfo) -> str:
@@ -100,7 +106,7 @@ def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]
     chosen, pairs = select_pairs(index, cfg.eval.max_pairs_per_clip, cfg.eval.grid_pairs)
     if pairs == 0:
         raise ValueError(f"the test shards hold no pairs: {sorted(splits.values())}")
-    pools = pool_sizes(cfg, ray.cluster_resources(), pairs)
+    pools = pool_sizes(cfg, ray.available_resources(), pairs)  # e.g. a sweep trial already holds some
     log.info("evaluating %d of %d pairs from %d shards; pools %s", pairs, len(index), len(items), pools)
     read_items = [{"url": it["url"], "split": it["split"], "keys": json.dumps(chosen[it["url"]])}
                   for it in items if chosen.get(it["url"])]

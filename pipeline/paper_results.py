@@ -55,17 +55,18 @@ TABLE2_FPS: dict[str, float] = {
 TABLE2_GPU = "A100 (third-party copies; unverified)"
 
 # Table 3 (ablations, VFHQ), same columns as Table 1. The names of rows 2 and 4 are OCR guesses
-# (spec §9: "w/o F_?", "w/ L_lifting"); the row keys are the sweep's config switches.
+# (spec §9: "w/o F_?", "w/ L_lifting"); the keys are the cell names of configs/sweeps/table3.yaml,
+# which holds each cell's config switches.
 TABLE3: dict[str, dict[str, Any]] = {
-    "one_plane": {"name": "one-plane lifting", "overrides": {"model.lifting": "one_plane"},
+    "one_plane": {"name": "one-plane lifting",
                   **_row(21.34, 0.802, 0.158, 0.781, 0.127, 0.170, 3.810, 0.581, 0.272, 0.290)},
-    "no_global_feature": {"name": "w/o global feature", "overrides": {"model.expression.global_feature": False},
+    "no_global_feature": {"name": "w/o global feature",
                           **_row(21.13, 0.807, 0.155, 0.774, 0.125, 0.155, 3.722, 0.537, 0.270, 0.272)},
-    "no_neural_renderer": {"name": "w/o neural renderer", "overrides": {"model.renderer.enabled": False},
+    "no_neural_renderer": {"name": "w/o neural renderer",
                            **_row(20.34, 0.789, 0.138, 0.788, 0.147, 0.202, 4.763, 0.623, 0.300, 0.353)},
-    "no_lifting_loss": {"name": "w/o lifting loss", "overrides": {"loss.lifting_weight": 0.0},
+    "no_lifting_loss": {"name": "w/o lifting loss",
                         **_row(21.64, 0.812, 0.148, 0.800, 0.119, 0.151, 3.563, 0.620, 0.261, 0.252)},
-    "full": {"name": "full model", "overrides": {},
+    "full": {"name": "full model",
              **_row(21.83, 0.818, 0.122, 0.816, 0.111, 0.135, 3.349, 0.633, 0.253, 0.247)},
 }
 

@@ -166,10 +166,20 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BICUBIC)) for i in images])
 
 
+def load_source(source: str, cfg: ExperimentConfig, flame, crop_size: int, device, clip: str | None = None) -> TrackedFrames:
+    """A photo (cropped and tracked here) or, from tracked shards, the first frame of ``clip``."""
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        return track_single_image(source, cfg, flame, crop_size, device)
+    frames = frames_from_shards(source, clip)
+    return TrackedFrames(frames.images[:1], frames.params[:1], frames.fps, frames.name, "shards",
+                         [f"first tracked frame of clip {frames.name}"])
+
+
 def run_reenact(cfg: ExperimentConfig, checkpoint: str, source: str, driver: str, out: str,
                 frames_dir: str | None = None, clip: str | None = None, side_by_side: bool | None = None,
-                device: str | None = None) -> dict[str, Any]:
-    """Reenact ``source`` (an image) with ``driver``; writes ``out`` (mp4) and the frames; returns a summary."""
+                device: str | None = None, source_clip: str | None = None) -> dict[str, Any]:
+    """Reenact ``source`` (an image, or a clip of tracked shards) with ``driver``; writes ``out``
+    (mp4) and the frames; returns a summary."""
     from model.reenactment import ReenactOptions, Reenactor
     from preprocessing.frame_params import split_params
     from preprocessing.synthetic.video import write_video
@@ -182,7 +192,7 @@ def run_reenact(cfg: ExperimentConfig, checkpoint: str, source: str, driver: str
     model, flame = load_model(info, dev), load_flame(info, dev)
     size = info.config.camera.image_size
     track_cfg = dataclasses.replace(cfg, camera=info.config.camera, flame=info.config.flame)
-    src = track_single_image(source, track_cfg, flame, size, dev)
+    src = load_source(source, track_cfg, flame, size, dev, source_clip)
     drv = load_driver(driver, track_cfg, flame, size, dev, clip)
     t_track = time.perf_counter()
 

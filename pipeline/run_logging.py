@@ -80,7 +80,10 @@ class RunLogger:
 
 
 def progress_line(step: int, total: int, m: dict[str, float]) -> str:
-    parts = [f"[{time.strftime('%H:%M:%S')}] step {step}/{total}", f"loss {m.get('loss/total', float('nan')):.4f}"]
+    parts = [f"[{time.strftime('%H:%M:%S')}] step {step}/{total}"]
+    if "loss/total" in m:
+        parts.append(f"loss {m['loss/total']:.4f}")
+    parts += [f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val/")]
     for key, fmt in (("perf/pairs_per_s", "{:.2f} pairs/s"), ("perf/step_ms", "{:.0f} ms/step"),
                      ("perf/data_wait_frac", "data {:.0%}"), ("lr", "lr {:.2e}"), ("perf/peak_mem_gib", "mem {:.1f} GiB")):
         if key in m:

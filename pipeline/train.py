@@ -216,8 +216,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def run_training(cfg: ExperimentConfig, *, mock_samples: list[dict] | None = None, pid_dir: str | None = None,
-                 group: str | None = None) -> TrainingResult:
-    """Train ``cfg`` on the current Ray cluster (local 127.0.0.1 one when none is running)."""
+                 group: str | None = None, worker_env: dict[str, str] | None = None) -> TrainingResult:
+    """Train ``cfg`` on the current Ray cluster (local 127.0.0.1 one when none is running).
+    ``worker_env``: environment variables for the training workers (e.g. NCCL settings)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -248,6 +249,7 @@ def run_training(cfg: ExperimentConfig, *, mock_samples: list[dict] | None = Non
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None,
         ),
     )
     result = trainer.fit()

@@ -35,7 +35,7 @@ def _cfg(shards: str, storage: str, name: str, *extra: str):
         f"data.train_shards={shards}", f"train.storage_path={storage}", f"train.run_name={name}",
         f"train.steps={STEPS}", "train.num_workers=2", "train.checkpoint_every=15", "train.log_every=15",
         "train.image_every=30", "train.val_every=0", "train.max_failures=2", "data.batch_size=4",
-        "camera.image_size=32", "loss.box_size=32", f"optim.decay_steps={STEPS}", *extra,
+        "camera.image_size=32", "loss.box_size=32", f"optim.decay_steps={STEPS}", "train.cpus_per_worker=1", *extra,
     ])
 
 

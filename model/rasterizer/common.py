@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model.geometry import quaternion_to_matrix
+
 # The 2D low-pass added to the projected covariance's diagonal (pixels²), hard-coded in both
 # graphdeco's and gsplat's kernels: every Gaussian covers at least about one pixel.
 LOW_PASS = 0.3
@@ -63,19 +65,9 @@ class SplatInputs:
 
 
 def quaternion_rotation(quats: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """[..., 4] (w, x, y, z) → [..., 3, 3] with the textbook formula R = I − 2(…) applied to q
-    as given. Without ``normalize`` a non-unit q gives a non-orthogonal matrix, exactly as
-    graphdeco's ``computeCov3D`` does (its normalisation is commented out)."""
-    q = F.normalize(quats, dim=-1) if normalize else quats
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).unflatten(-1, (3, 3))
+    """[..., 4] (w, x, y, z) → [..., 3, 3]; without ``normalize`` the raw quaternion, as
+    graphdeco's ``computeCov3D`` (its normalisation is commented out)."""
+    return quaternion_to_matrix(quats, normalize=normalize)
 
 
 # The same R(q) as (flat index into q qᵀ, coefficient) pairs: R = I + Σ coef·qₐq_b, two terms per
