@@ -10,7 +10,8 @@ Variants, measured in the same run, each ``--steps`` timed steps after ``--warmu
   on the GPU by chunked matmuls (the released faiss-on-CPU search alone made its step 4.2 s,
   spec §10) and gsplat;
 - ``bf16``: bf16 autocast, the nearest-neighbour search as one compiled reduction;
-- ``bf16_compile``: bf16 + torch.compile of the backbone/decoder, heads and StyleUNet.
+- ``bf16_compile``: bf16 + torch.compile of the backbone/decoder, heads, StyleUNet and the
+  raw-quaternion covariance builder (one fused kernel each way instead of ~10 launches).
 (Channels-last activations were tried: no gain in eager bf16, and they break the compiled backward
 of StyleGAN's [1,C,1,1] parameters on torch 2.11, so they are not offered.)
 Then the best variant through ``TorchTrainer`` with one GPU worker (pairs/s of the last logging

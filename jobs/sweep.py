@@ -39,6 +39,9 @@ def main() -> None:
     except ConfigError as exc:
         sys.exit(f"sweep config error: {exc}")
     print(json.dumps({"files": result["files"], "rows": result["rows"]}, indent=1, default=str))
+    failed = [f"{r['cell']} ({r['status']}: {r.get('error', '')})" for r in result["rows"] if r["status"] != "ok"]
+    if failed:  # the table is written; the job still fails so that a cluster run shows it
+        sys.exit(f"{len(failed)} of {len(result['rows'])} cells did not finish: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from model.gaussian_heads import (
     lifting_plane,
 )
 from model.geometry import intrinsics, transform_to_viewmat
-from model.rasterizer import RenderOutput, covariance_from_quat_scale, render_gaussians
+from model.rasterizer import CovarianceFromQuatScale, RenderOutput, render_gaussians
 from model.style_unet import StyleUNet
 
 
@@ -98,6 +98,9 @@ class GAGAvatar(nn.Module):
         if model.backbone.weights:
             self.base_model.dino_model.load_state_dict(load_dinov2_state_dict(model.backbone.weights))
         self.harmo_encoder = HarmonicEmbedding(model.harmonic_functions)
+        # the released rasterizer builds R from the raw quaternion: the expression rotations,
+        # normalised over vertices, are far from unit length (spec §1.5)
+        self.covariance = CovarianceFromQuatScale(normalize=model.expression.rotation_norm != "official")
         dir_dim = self.harmo_encoder.output_dim(3)
         exp = model.expression
         self.head_base = nn.Parameter(torch.randn(model.num_vertices, exp.embed_dim))
@@ -170,10 +173,7 @@ class GAGAvatar(nn.Module):
         device = expression_vertices.device
         with torch.autocast(device_type=device.type, enabled=False):
             means = torch.cat([expression_vertices.float(), cache.lifted_points.float()], dim=1)
-            # the released rasterizer builds R from the raw quaternion: the expression
-            # rotations, normalised over vertices, are far from unit length (spec §1.5)
-            normalize = self.config.expression.rotation_norm != "official"
-            cov = covariance_from_quat_scale(attrs.rotations.float(), attrs.scales.float(), normalize=normalize)
+            cov = self.covariance(attrs.rotations.float(), attrs.scales.float())
             viewmats = transform_to_viewmat(target_transform.float())
             Ks = intrinsics(self.camera.focal, W, H, (B,), dtype=torch.float32, device=device)
             return render_gaussians(

@@ -40,7 +40,7 @@ from .flame import FlameModel
 from .gagavatar import AvatarOutput, GAGAvatar
 from .gaussian_heads import GaussianAttributes
 from .geometry import axis_angle_to_matrix, intrinsics
-from .rasterizer import covariance_from_quat_scale, render_gaussians
+from .rasterizer import render_gaussians
 
 
 @dataclass(frozen=True)
@@ -228,11 +228,10 @@ class Reenactor:
             with _autocast(dev, self.options.precision):
                 cache = self.model.reconstruct(image, transform)
         attrs = GaussianAttributes.cat([cache.expression, cache.lifted])
-        normalize = self.model.config.expression.rotation_norm != "official"
         lifted = cache.lifted_points.float()
         new = {
             # the released rasterizer builds R from the raw quaternion (spec §1.5): covariances once
-            "covariances": covariance_from_quat_scale(attrs.rotations.float(), attrs.scales.float(), normalize=normalize),
+            "covariances": self.model.covariance(attrs.rotations.float(), attrs.scales.float()),
             "opacities": attrs.opacities.float().squeeze(-1),
             "colors": attrs.colors.float(),
             "lifted_points": lifted,

@@ -54,11 +54,12 @@ def build_train_state(cfg: ExperimentConfig, device: torch.device) -> TrainState
 
 # The rasterizer (a CUDA extension) stays outside the compiled regions; everything heavy around it
 # is compiled in place, so state-dict keys and the official layout do not change.
-COMPILED_REGIONS = ("base_model", "gs_generator_g", "gs_generator_l0", "gs_generator_l1", "upsampler")
+COMPILED_REGIONS = ("base_model", "gs_generator_g", "gs_generator_l0", "gs_generator_l1", "upsampler", "covariance")
 
 
 def compile_regions(network: nn.Module) -> nn.Module:
-    """``torch.compile`` the backbone/decoder, the Gaussian heads and the neural renderer in place."""
+    """``torch.compile`` the backbone/decoder, the Gaussian heads, the neural renderer and the
+    covariance builder in place."""
     for name in COMPILED_REGIONS:
         module = getattr(network, name, None)
         if module is not None:

@@ -71,6 +71,19 @@ def per_rank_batch(cfg: ExperimentConfig, world: int) -> int:
     return cfg.data.batch_size // world
 
 
+def ddp_options() -> dict[str, Any]:
+    """DistributedDataParallel arguments: no buffer sync in forward (no BatchNorm; the frozen
+    backbone's buffers are constants), and gradients kept in the all-reduce buckets instead of
+    being copied into them after backward. Newer torch renames ``broadcast_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"
+    return {no_sync: False, "gradient_as_bucket_view": True}
+
+
 def _panel(batch: PairBatch, output: Any) -> np.ndarray:
     """source | target | coarse | refined of the first pair, H×4W uint8."""
     tiles = [batch.source_image[0], batch.target_image[0], output.coarse[0], output.refined[0]]
@@ -152,7 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             load_official(str(init / MODEL_FILE if init.is_dir() else init), model=state.network)
     if cfg.train.compile:
         compile_regions(state.network)
-    state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs=ddp_options())
 
     batch_size = per_rank_batch(cfg, world)
     s3 = loop_config.get("s3_options")  # captured on the driver: workers may not share its environment

@@ -116,3 +116,20 @@ def test_table3_sweep_runs_all_cells_and_resumes_after_a_kill(shards, tmp_path):
     md = (storage / "table3" / "table3.md").read_text()
     assert "one-plane lifting" in md and "| ours | no_lifting_loss |" in md
     assert (storage / "table3" / "table3.csv").is_file() and (storage / "table3" / "charts" / "self_psnr.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_the_others_finish(shards, tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(yaml.safe_dump({"name": "two", "preset": "smoke", "cells": {
+        "broken": {"data.train_shards": str(tmp_path / "no_such_shards")}, "good": {}}}))
+    storage = tmp_path / "sweeps"
+    cmd = [a if a != str(TABLE3) else str(spec) for a in _sweep_cmd(storage, shards)]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": ""}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode != 0 and "1 of 2 cells did not finish: broken (failed" in out.stderr, out.stderr[-3000:]
+    table = json.loads((storage / "two" / "table3.json").read_text())
+    rows = {r["cell"]: r for r in table["ours"]}
+    assert rows["good"]["status"] == "ok" and rows["good"]["self_psnr"] > 0
+    assert rows["broken"]["status"] == "failed" and "no_such_shards" in rows["broken"]["error"]
+    assert "| ours | broken | failed: " in (storage / "two" / "table3.md").read_text()

@@ -26,12 +26,19 @@ from collections.abc import Callable
 import torch
 
 from model.config import RasterizerConfig
-from model.rasterizer.common import RenderOutput, SplatInputs, covariance_from_quat_scale, prepare_inputs
+from model.rasterizer.common import (
+    CovarianceFromQuatScale,
+    RenderOutput,
+    SplatInputs,
+    covariance_from_quat_scale,
+    prepare_inputs,
+)
 
 __all__ = [
     "RenderOutput",
     "available_backends",
     "backend_names",
+    "CovarianceFromQuatScale",
     "covariance_from_quat_scale",
     "render_gaussians",
 ]
