@@ -32,8 +32,9 @@ def rigid_transforms(rot_mats: torch.Tensor, joints: torch.Tensor, parents: list
     Returns posed joints [B,J,3] and the relative transforms [B,J,4,4] that map rest-pose points
     to posed points (the skinning matrices)."""
     b, j = joints.shape[:2]
-    rel = joints.clone()
-    rel[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]
+    # parents by integer indexing (views): a Python-list index would be a host→device copy
+    parent_joints = torch.stack([torch.zeros_like(joints[:, 0])] + [joints[:, p] for p in parents[1:]], dim=1)
+    rel = joints - parent_joints
     local = torch.zeros(b, j, 4, 4, dtype=joints.dtype, device=joints.device)
     local[..., :3, :3] = rot_mats
     local[..., :3, 3] = rel

@@ -15,10 +15,28 @@ The rasterizer API takes OpenCV world-to-camera 4×4 matrices (column vectors, +
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 _FLIP_XY = (-1.0, -1.0, 1.0)
+
+
+def device_constant(values: tuple, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    """A small constant tensor, made once per (values, dtype, device). Building it from Python
+    data on every call is a copy from pageable host memory, which on CUDA waits for everything
+    queued on the stream: one such copy per training step stalls the host's run-ahead.
+    Do not modify the result in place. Inside ``torch.compile`` it is a traced constant."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, dtype, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # first made under inference_mode, it must still work in autograd
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -156,7 +174,7 @@ def transform_to_viewmat(transform_matrix: torch.Tensor) -> torch.Tensor:
     X_p3d = Rᵀ X + T (column form); OpenCV flips x and y: R_cv = diag(-1,-1,1) Rᵀ, t_cv = diag(-1,-1,1) T.
     """
     rotation, translation = transform_matrix[..., :3, :3], transform_matrix[..., :3, 3]
-    flip = transform_matrix.new_tensor(_FLIP_XY)
+    flip = device_constant(_FLIP_XY, transform_matrix.dtype, transform_matrix.device)
     view = torch.zeros(*transform_matrix.shape[:-2], 4, 4, dtype=transform_matrix.dtype, device=transform_matrix.device)
     view[..., :3, :3] = flip[:, None] * rotation.transpose(-1, -2)
     view[..., :3, 3] = flip * translation
@@ -166,7 +184,7 @@ def transform_to_viewmat(transform_matrix: torch.Tensor) -> torch.Tensor:
 
 def viewmat_to_transform(viewmat: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`transform_to_viewmat`: [..., 4, 4] → [..., 3, 4]."""
-    flip = viewmat.new_tensor(_FLIP_XY)
+    flip = device_constant(_FLIP_XY, viewmat.dtype, viewmat.device)
     rotation = (flip[:, None] * viewmat[..., :3, :3]).transpose(-1, -2)
     translation = flip * viewmat[..., :3, 3]
     return torch.cat([rotation, translation.unsqueeze(-1)], dim=-1)
@@ -176,7 +194,7 @@ def intrinsics(focal: float, width: int, height: int, batch_shape: tuple[int, ..
                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """Pixel intrinsics [*batch_shape, 3, 3] for an NDC focal (PyTorch3D, square-pixel NDC)."""
     f = focal * min(width, height) / 2.0
-    k = torch.tensor([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+    k = device_constant(((f, 0.0, width / 2.0), (0.0, f, height / 2.0), (0.0, 0.0, 1.0)), dtype, device)
     return k.expand(*batch_shape, 3, 3).clone()
 
 

@@ -51,7 +51,8 @@ class RunLogger:
             self._bar.set_postfix(loss=f"{metrics.get('loss/total', float('nan')):.4f}",
                                   pairs_s=f"{metrics.get('perf/pairs_per_s', 0):.1f}")
         else:
-            print(progress_line(step, self.total_steps, metrics), flush=True)
+            # a log record, not print(): Ray Train forwards a worker's stdout twice, its records once
+            log.info(progress_line(step, self.total_steps, metrics))
 
     def log_image(self, step: int, name: str, image: np.ndarray, caption: str = "") -> Path | None:
         """Write ``image`` (H×W×3 uint8) as ``<run_dir>/images/<name>_<step>.png`` and to wandb."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.geometry import quaternion_to_matrix
+from model.geometry import device_constant, quaternion_to_matrix
 
 # The 2D low-pass added to the projected covariance's diagonal (pixels²), hard-coded in both
 # graphdeco's and gsplat's kernels: every Gaussian covers at least about one pixel.
@@ -85,8 +85,8 @@ def _covariance_few_ops(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     stacked expressions cost more in launches than in arithmetic, and a batched matmul of
     millions of 3×3 matrices is slow. (On CPU the broadcasts over tiny trailing dims are slow.)"""
     dev, dt = q.device, q.dtype
-    idx = torch.tensor([[4 * a + b for a, b, _ in t] for t in _R_TERMS], device=dev).T  # [2, 9]
-    coef = torch.tensor([[c for _, _, c in t] for t in _R_TERMS], dtype=dt, device=dev).T
+    idx = device_constant(tuple(tuple(4 * a + b for a, b, _ in t) for t in _R_TERMS), torch.int64, dev).T  # [2, 9]
+    coef = device_constant(tuple(tuple(c for _, _, c in t) for t in _R_TERMS), dt, dev).T
     qq = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)  # [..., 16]
     r = torch.eye(3, dtype=dt, device=dev).flatten() + qq[..., idx[0]] * coef[0] + qq[..., idx[1]] * coef[1]
     m = r.unflatten(-1, (3, 3)) * scales.unsqueeze(-2)  # R S
