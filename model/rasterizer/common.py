@@ -122,9 +122,8 @@ class CovarianceFromQuatScale(torch.nn.Module):
 
 def upper_triangle(cov: torch.Tensor) -> torch.Tensor:
     """[..., 3, 3] symmetric → [..., 6] (xx, xy, xz, yy, yz, zz), the CUDA kernels' layout."""
-    rows = (0, 0, 0, 1, 1, 2)
-    cols = (0, 1, 2, 1, 2, 2)
-    return cov[..., rows, cols]
+    # basic indexing and one stack: an index list would be a host→device copy (a stream wait)
+    return torch.stack([cov[..., r, c] for r, c in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))], dim=-1)
 
 
 def prepare_inputs(
