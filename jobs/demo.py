@@ -22,7 +22,7 @@ def main() -> None:
 
     summary = run_demo(cfg, args.out)
     print("\nDemo finished. Where everything is:")
-    for key in ("dataset", "shards", "manifest", "run_dir", "checkpoint", "reenactment_video"):
+    for key in ("dataset", "shards", "manifest", "run_dir", "checkpoint", "loss_curves", "reenactment_video"):
         print(f"  {key:18s} {summary[key]}")
     for name, path in summary["results"].items():
         print(f"  {name:18s} {path}")

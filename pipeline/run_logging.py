@@ -1,9 +1,12 @@
 """Rank-0 side effects of a training run: wandb (offline unless WANDB_MODE=online), a plain
-progress line for cluster logs (tqdm on a terminal), image panels written as PNGs next to the run.
-Every other rank gets the same object doing nothing."""
+progress line for cluster logs (tqdm on a terminal), image panels written as PNGs next to the run,
+every logged scalar appended to ``metrics.jsonl`` and drawn as ``loss_curves.png`` when the run
+closes (a resumed run appends, so the curves span restarts). Every other rank gets the same
+object doing nothing."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -41,9 +44,15 @@ class RunLogger:
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc=run_name, dynamic_ncols=True)
 
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
         if self._bar is not None:
@@ -74,10 +83,60 @@ class RunLogger:
             self._wandb.summary.update(values)
 
     def close(self) -> None:
+        if self.enabled and self.metrics_path.is_file():
+            try:
+                write_curves(self.metrics_path, self.run_dir / CURVES_FILE)
+            except Exception as exc:  # a plot must never fail a finished run
+                log.warning("could not draw %s: %s", CURVES_FILE, exc)
         if self._bar is not None:
             self._bar.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "loss_curves.png"
+
+
+def read_history(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """metrics.jsonl → {metric: [(step, value), ...]} sorted by step; a step logged again after
+    a restart keeps its last value."""
+    by_step: dict[str, dict[int, float]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    by_step.setdefault(key, {})[int(row["step"])] = float(value)
+    return {k: sorted(v.items()) for k, v in by_step.items()}
+
+
+def write_curves(metrics_path: Path, png_path: Path) -> Path:
+    """Loss terms (log scale), each validation metric and the throughput against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = read_history(metrics_path)
+    losses = [k for k in history if k.startswith("loss/") and any(v > 0 for _, v in history[k])]
+    panels = [("losses", losses, "log")]
+    panels += [(f"validation {k.split('/', 1)[1]}", [k], "linear") for k in history if k.startswith("val/")]
+    panels.append(("throughput (pairs/s)", [k for k in history if k == "perf/pairs_per_s"], "linear"))
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (title, keys, scale) in zip(axes[0], panels):
+        for key in keys:
+            steps, values = zip(*history[key])
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=key.split("/", 1)[-1])
+        ax.set_yscale(scale)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+    return png_path
 
 
 def progress_line(step: int, total: int, m: dict[str, float]) -> str:

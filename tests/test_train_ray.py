@@ -59,6 +59,11 @@ def test_two_workers_train_and_the_loss_goes_down(uninterrupted):
     assert len(history) >= 2 and history[-1] < 0.8 * history[0], history
     assert (result.run_dir / "config.yaml").is_file()
     assert list((result.run_dir / "images").glob("train_*.png"))  # the image panel was written
+    from pipeline.run_logging import read_history
+
+    logged = read_history(result.run_dir / "metrics.jsonl")["loss/total"]  # what loss_curves.png draws
+    assert [s for s, _ in logged] == list(range(15, STEPS + 1, 15)) and logged[-1][1] < logged[0][1]
+    assert (result.run_dir / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_killed_worker_resumes_and_ends_identical(uninterrupted, shards, tmp_path):
