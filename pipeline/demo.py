@@ -67,7 +67,7 @@ def run_demo(cfg: ExperimentConfig, out_dir: str | Path = "outputs/demo") -> dic
         "shards": str(shards), "manifest": str(shards / "manifest.jsonl"),
         "preprocess": {"clips": preprocess.get("status"), "truth": preprocess.get("truth")},
         "run": trained.run_name, "checkpoint": trained.checkpoint_path, "run_dir": str(trained.run_dir),
-        "loss_curves": str(trained.run_dir / CURVES_FILE),
+        "loss_curves": str(trained.run_dir / CURVES_FILE) if (trained.run_dir / CURVES_FILE).is_file() else "(none)",
         "train_loss": trained.metrics.get("loss/total"),
         "results": report["files"], "self": report["self"], "cross": report["cross"],
         "reenactment_video": video["video"], "reenactment_frames": video["frames_dir"],
