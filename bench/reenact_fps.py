@@ -12,7 +12,9 @@ as released):
   model_fp32      FlameModel + GAGAvatar.render per frame (the forward path; FLAME on the GPU)
   eager_fp32      model.reenactment.Reenactor, fp32 (TF32 matmuls/convs, the released recipe)
   eager_bf16      Reenactor, bf16 autocast for the neural renderer
-  fast            Reenactor, bf16 + channels-last + CUDA graphs (FLAME/camera and StyleUNet)
+  fast            Reenactor, bf16 + channels-last + CUDA graphs (FLAME/camera and StyleUNet), the
+                  source as unit quaternions + scales (splat_quats)
+  fast_covars     fast, but covariances handed to the rasterizer every frame (splat_quats off)
   fast_compiled   fast + torch.compile of the StyleUNet (--compile; skipped past --max-seconds)
 Also a per-stage split (FLAME, rasterizer, StyleUNet) of eager_fp32 and fast.
 """
@@ -147,6 +149,8 @@ def bench(args: argparse.Namespace) -> dict:
     variants = [("eager_fp32", ReenactOptions()), ("eager_bf16", ReenactOptions(precision="bf16"))]
     if not args.smoke:
         variants.append(("fast", ReenactOptions.fast()))
+        # the same without the unit-quaternion source (covariances passed to gsplat every frame)
+        variants.append(("fast_covars", dataclasses.replace(ReenactOptions.fast(), splat_quats=False)))
         if args.compile:
             variants.append(("fast_compiled", ReenactOptions.fast(compile=True)))
     outputs = {}

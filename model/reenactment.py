@@ -16,9 +16,10 @@ Optimised mode (:meth:`ReenactOptions.fast`, CUDA, batch 1, static shapes):
 - the FLAME + camera work is one captured CUDA graph writing into static buffers (the vertices go
   straight into the first V rows of a preallocated ``means`` buffer whose other rows hold the
   lifted centres), so there is no per-frame concatenation or allocation;
-- the rasterizer (gsplat when available) runs eagerly in float32 on the precomputed covariances;
-  gsplat sizes its tile-intersection buffers from a device count, which is a host sync inside
-  gsplat — the only one per frame;
+- the rasterizer (gsplat when available) runs eagerly in float32 on unit quaternions + scales
+  that reproduce the precomputed covariances exactly (``splat_quats``: one eigendecomposition per
+  source); gsplat sizes its tile-intersection buffers from a device count, which is a host sync
+  inside gsplat — the only one per frame;
 - the StyleUNet (78% of the released frame time, spec §10) runs in bf16 autocast, channels-last,
   optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer.
 Outputs of the optimised mode are views of static buffers, overwritten by the next frame: clone
@@ -34,13 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .flame import FlameModel
 from .gagavatar import AvatarOutput, GAGAvatar
 from .gaussian_heads import GaussianAttributes
 from .geometry import axis_angle_to_matrix, intrinsics
-from .rasterizer import render_gaussians
+from .rasterizer import quat_scale_from_covariance, render_gaussians
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,19 @@ class ReenactOptions:
     # splatted (gsplat's host sync then waits for the splatting alone). Throughput, not latency;
     # a frame's output is ready only after the next call or synchronize().
     pipelined: bool = False
+    # draw the cached Gaussians from unit quaternions + scales (the raw-quaternion covariances
+    # re-expressed once per source by eigendecomposition) instead of passing covariances every
+    # frame: the rasterizer builds Σ inside its projection kernel (for gsplat, also no per-frame
+    # covariance gather, which indexes with a host list: a stream wait)
+    splat_quats: bool = False
     backend: str | None = None  # rasterizer backend; None: the model's config ("auto": gsplat on CUDA)
 
     @classmethod
     def fast(cls, compile: bool = False, pipelined: bool = False) -> ReenactOptions:
         """The real-time path: bf16, channels-last, CUDA graphs (+ torch.compile, + two-stream
         pipelining when asked)."""
-        return cls(precision="bf16", channels_last=True, cuda_graphs=True, compile=compile, pipelined=pipelined)
+        return cls(precision="bf16", channels_last=True, cuda_graphs=True, compile=compile, pipelined=pipelined,
+                   splat_quats=True)
 
 
 def _channels_last_(module: nn.Module) -> None:
@@ -184,6 +192,8 @@ class Reenactor:
         self.num_vertices = model.config.num_vertices
         # depth is not needed here: one channel less to splat
         self.raster_config = dataclasses.replace(model.rasterizer, render_depth=False)
+        if opts.splat_quats:  # every cached quaternion is unit: normalising changes nothing
+            self.raster_config = dataclasses.replace(self.raster_config, normalize_quats=True)
         self.backend = self._resolve_backend(opts.backend or model.rasterizer.backend, model.config.gaussian_channels)
         self.Ks = intrinsics(model.camera.focal, self.size, self.size, (1,), device=self.device)
         self._flip = torch.tensor([-1.0, -1.0, 1.0], device=self.device)  # PyTorch3D → OpenCV x/y
@@ -230,8 +240,7 @@ class Reenactor:
         attrs = GaussianAttributes.cat([cache.expression, cache.lifted])
         lifted = cache.lifted_points.float()
         new = {
-            # the released rasterizer builds R from the raw quaternion (spec §1.5): covariances once
-            "covariances": self.model.covariance(attrs.rotations.float(), attrs.scales.float()),
+            **self._cached_shapes(attrs),
             "opacities": attrs.opacities.float().squeeze(-1),
             "colors": attrs.colors.float(),
             "lifted_points": lifted,
@@ -244,6 +253,23 @@ class Reenactor:
         else:  # the frame graph reads these buffers: refill them in place, it stays valid
             for key, value in new.items():
                 self._cache[key].copy_(value)
+
+    def _cached_shapes(self, attrs: GaussianAttributes) -> dict[str, torch.Tensor]:
+        """The Gaussians' shapes as the per-frame rasterizer call takes them. The released
+        rasterizer builds R from the raw quaternion (spec §1.5), so the covariances are built
+        once; with ``splat_quats`` they are re-expressed as unit quaternions + scales."""
+        rotations, scales = attrs.rotations.float(), attrs.scales.float()
+        if not self.options.splat_quats:
+            return {"covariances": self.model.covariance(rotations, scales)}
+        if not self.model.covariance.normalize:  # the expression Gaussians' quaternions are not unit
+            V = self.num_vertices
+            q, s = quat_scale_from_covariance(self.model.covariance(rotations[:, :V], scales[:, :V]))
+            rotations, scales = torch.cat([q, rotations[:, V:]], 1), torch.cat([s, scales[:, V:]], 1)
+        return {"quats": F.normalize(rotations, dim=-1), "scales": scales}
+
+    def _shape_args(self, cache: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor | None]:
+        expand = lambda key: cache[key].expand(batch, *cache[key].shape[1:]) if key in cache else None
+        return {"quats": expand("quats"), "scales": expand("scales"), "covariances": expand("covariances")}
 
     def _graphed_reconstruct(self, image: torch.Tensor, transform: torch.Tensor):
         """model.reconstruct as a CUDA graph captured on the first source (static input buffers;
@@ -295,11 +321,12 @@ class Reenactor:
         cache = self._require_source()
         b = means.shape[0]
         expand = lambda t: t.expand(b, *t.shape[1:])
+        shapes = self._shape_args(cache, b)
         with torch.autocast(device_type=self.device.type, enabled=False):
             return render_gaussians(
-                means, None, None, expand(cache["opacities"]), expand(cache["colors"]),
+                means, shapes["quats"], shapes["scales"], expand(cache["opacities"]), expand(cache["colors"]),
                 self._viewmat(transform), self.Ks.expand(b, 3, 3), self.size, self.size,
-                covariances=expand(cache["covariances"]), backend=self.backend, config=self.raster_config,
+                covariances=shapes["covariances"], backend=self.backend, config=self.raster_config,
             )
 
     def _refine(self, features: torch.Tensor) -> torch.Tensor:
@@ -360,10 +387,12 @@ class Reenactor:
         else:
             cache["means"][:, :V].copy_(self.vertices(expression, pose, eyes))
             viewmat = self._viewmat(transform)
+        shapes = self._shape_args(cache, 1)
         with torch.autocast(device_type=self.device.type, enabled=False):
             out = render_gaussians(
-                cache["means"], None, None, cache["opacities"], cache["colors"], viewmat, self.Ks, self.size,
-                self.size, covariances=cache["covariances"], backend=self.backend, config=self.raster_config,
+                cache["means"], shapes["quats"], shapes["scales"], cache["opacities"], cache["colors"], viewmat,
+                self.Ks, self.size, self.size, covariances=shapes["covariances"], backend=self.backend,
+                config=self.raster_config,
             )
         features = out.image
         if self.renderer is None:

@@ -330,3 +330,22 @@ def test_compiled_covariance_module_matches_eager_values_and_gradients(device):
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
     assert results[1][1].abs().sum() > 0
+
+
+def test_unit_quaternions_and_scales_reproduce_raw_quaternion_covariances():
+    from model.rasterizer import quat_scale_from_covariance
+
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(3, 500, 4, generator=g, dtype=F64) * torch.tensor([0.004, 0.05, 1.0], dtype=F64)[:, None, None]
+    s = torch.rand(3, 500, 3, generator=g, dtype=F64) * 0.05 + 1e-4
+    s[:, :50] = 0.02  # isotropic: every basis is an eigenbasis
+    cov = covariance_from_quat_scale(q, s, normalize=False)  # the released semantics
+    unit, scales = quat_scale_from_covariance(cov)
+    assert torch.allclose(unit.norm(dim=-1), torch.ones(3, 500, dtype=F64), atol=1e-9)
+    back = covariance_from_quat_scale(unit, scales, normalize=True)  # what gsplat builds
+    assert torch.allclose(back, cov, atol=1e-12, rtol=1e-9), (back - cov).abs().max()
+    cov32 = cov.float()  # float32 in, float32 out, same covariance to float32 precision
+    u32, s32 = quat_scale_from_covariance(cov32)
+    assert u32.dtype == torch.float32
+    rel = (covariance_from_quat_scale(u32, s32, normalize=True) - cov32).abs().max() / cov32.abs().max()
+    assert rel < 1e-5, rel

@@ -131,16 +131,19 @@ class _ReplayByCalling:
         return self.output
 
 
-def test_graphed_path_buffer_plumbing_on_cpu(smoke, monkeypatch):
+@pytest.mark.parametrize("splat_quats", [False, True])
+def test_graphed_path_buffer_plumbing_on_cpu(smoke, monkeypatch, splat_quats):
     """The CUDA-graph path's static buffers (driver inputs, the means buffer, the refilled source
     cache, the renderer input) give the eager frames, across frames and a change of source."""
+    import dataclasses
+
     import model.reenactment as reenactment
 
     cfg, model, flame = smoke
     monkeypatch.setattr(reenactment, "_Graph", _ReplayByCalling)
     eager = Reenactor(model, flame)
-    graphed = Reenactor(model, flame)
-    graphed.options = ReenactOptions(cuda_graphs=True)  # past the CUDA check: the plumbing only
+    graphed = Reenactor(model, flame, ReenactOptions(splat_quats=splat_quats))
+    graphed.options = dataclasses.replace(graphed.options, cuda_graphs=True)  # past the CUDA check: the plumbing only
     size = cfg.camera.image_size
     for seed in (3, 4):
         g = torch.Generator().manual_seed(seed)
@@ -154,3 +157,23 @@ def test_graphed_path_buffer_plumbing_on_cpu(smoke, monkeypatch):
             assert torch.allclose(graphed(*one).refined, eager(*one).refined, atol=1e-5)
     assert graphed._frame_graph is not None and graphed._renderer_graph is not None and graphed._recon_graph is not None
     assert not graphed.notes
+
+
+def test_unit_quaternion_source_gives_the_covariance_frames(smoke):
+    """``splat_quats`` (the fast path's source representation: raw-quaternion covariances
+    re-expressed as unit quaternions + scales) renders the frames of the covariance path."""
+    cfg, _, flame = smoke
+    cfg = load_config("smoke", ["rasterizer.backend=torch", "model.expression.rotation_norm=official"])
+    torch.manual_seed(0)
+    model = GAGAvatar(cfg.model, cfg.camera, cfg.rasterizer).eval()  # non-unit expression quaternions
+    plain, quats = Reenactor(model, flame), Reenactor(model, flame, ReenactOptions(splat_quats=True))
+    size = cfg.camera.image_size
+    g = torch.Generator().manual_seed(7)
+    image, shape = torch.rand(1, 3, size, size, generator=g), torch.randn(1, 300, generator=g) * 0.5
+    for r in (plain, quats):
+        r.set_source(image, shape, look_at_transform(9.3)[None])
+    assert "quats" in quats._cache and "covariances" not in quats._cache
+    expression, pose, eyes, transform = _driver(2, 7)
+    a, b = plain(expression, pose, eyes, transform), quats(expression, pose, eyes, transform)
+    assert torch.allclose(a.features, b.features, atol=1e-4), (a.features - b.features).abs().max()
+    assert torch.allclose(a.refined, b.refined, atol=1e-4)

@@ -32,6 +32,7 @@ from model.rasterizer.common import (
     SplatInputs,
     covariance_from_quat_scale,
     prepare_inputs,
+    quat_scale_from_covariance,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "backend_names",
     "CovarianceFromQuatScale",
     "covariance_from_quat_scale",
+    "quat_scale_from_covariance",
     "render_gaussians",
 ]
 

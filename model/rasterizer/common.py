@@ -107,6 +107,22 @@ def covariance_from_quat_scale(quats: torch.Tensor, scales: torch.Tensor, normal
     return m @ m.transpose(-1, -2)
 
 
+def quat_scale_from_covariance(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit quaternions [..., 4] (w, x, y, z) and scales [..., 3] with R(q) S² R(q)ᵀ = ``cov``
+    [..., 3, 3] (symmetric PSD), by eigendecomposition in float64. Lets a rasterizer that
+    normalises quaternions (gsplat) draw Gaussians whose covariance came from raw quaternions,
+    without a per-call covariance input. No gradient: for cached, inference-only Gaussians."""
+    from model.geometry import matrix_to_quaternion
+
+    with torch.no_grad():
+        values, vectors = torch.linalg.eigh(cov.double())  # columns: eigenvectors
+        # a reflection → a rotation: flipping every column keeps v vᵀ, and so Σ
+        vectors = vectors * torch.where(torch.linalg.det(vectors) < 0, -1.0, 1.0)[..., None, None]
+        quats = matrix_to_quaternion(vectors)
+        scales = values.clamp_min(0).sqrt()
+    return quats.to(cov.dtype), scales.to(cov.dtype)
+
+
 class CovarianceFromQuatScale(torch.nn.Module):
     """``covariance_from_quat_scale`` as a parameter-free module, so that a model can hand it to
     ``torch.compile`` with its other regions: compiled, forward and backward are one fused kernel
