@@ -2,7 +2,7 @@
 
     python -m bench.scaling --out bench/results/scaling_h200x8.json            # N = 1, 2, 4, 8 (what the machine has)
     python -m bench.scaling --workers 1,2 --out ...                            # chosen N
-    python -m bench.scaling --device cpu --preset smoke --workers 1,2 --out /tmp/s.json   # gloo dry run
+    python -m bench.scaling --device cpu --preset smoke --workers 1,2 --out outputs/scaling_cpu.json   # gloo dry run
 
 The ``paper`` preset, bf16, compiled regions and the fused nearest-neighbour search (the optimised
 step of bench/train.py), the same per-GPU batch (8) at every N (``data.batch_size = 8·N``), data

@@ -2,7 +2,7 @@
 generate → preprocess (Ray Data) → train (Ray Train) → evaluate → reenactment video.
 
     gaga-demo                      # smoke preset, outputs under outputs/demo/
-    gaga-demo --set train.steps=50 --out /tmp/demo
+    gaga-demo --set train.steps=50 --out outputs/demo_short
 """
 
 from __future__ import annotations

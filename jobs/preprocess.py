@@ -1,7 +1,7 @@
 """`gaga-preprocess`: clips (local folder or s3://) → tracked WebDataset pair shards, on Ray.
 
     gaga-preprocess --input data/videos_root --output data/shards             # local Ray
-    gaga-preprocess --config smoke --synthetic --output /tmp/shards            # the generated mini-VFHQ
+    gaga-preprocess --config smoke --synthetic --output outputs/shards            # the generated mini-VFHQ
     gaga-preprocess --input s3://bucket/vfhq --output s3://bucket/shards       # AWS_* from the environment
     gaga-preprocess --import-gagatrack outputs/vfhq_tracked --output data/shards
     ray job submit --working-dir . -- gaga-preprocess --input s3://... --output s3://...   # any cluster

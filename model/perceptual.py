@@ -44,6 +44,16 @@ def normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
+def tapped_features(layers: nn.Sequential, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
+    """Run ``layers`` on ``x``, keeping the outputs of the layers at indices ``taps``."""
+    outs = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            outs.append(x)
+    return outs
+
+
 def _load_file(path: str | Path) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -65,12 +75,7 @@ class AlexNetFeatures(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in ALEX_RELU_INDICES:
-                outs.append(x)
-        return outs
+        return tapped_features(self.features, x, ALEX_RELU_INDICES)
 
 
 def alexnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -168,13 +173,7 @@ class VGGFaceFeatures(nn.Module):
         self.register_buffer("mean", torch.tensor(VGGFACE_MEAN).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = x * 255.0 - self.mean
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in VGG_RELU_INDICES:
-                outs.append(x)
-        return outs
+        return tapped_features(self.features, x * 255.0 - self.mean, VGG_RELU_INDICES)
 
 
 def vggface_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
