@@ -8,6 +8,7 @@ and returns detached loss tensors (no host sync: callers read them when they log
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,18 @@ class TrainState:
         return getattr(net, "_orig_mod", net)
 
 
+def configure_cuda_backends(cfg: ExperimentConfig) -> None:
+    """Process-wide CUDA math settings of ``train`` (TF32, cuDNN autotuning)."""
+    torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+
+
 def build_train_state(cfg: ExperimentConfig, device: torch.device) -> TrainState:
-    """Network, loss, FLAME, optimizer and scheduler from the config, on ``device``."""
+    """Network, loss, FLAME, optimizer and scheduler from the config, on ``device`` (on a GPU it
+    also applies :func:`configure_cuda_backends`)."""
+    if device.type == "cuda":
+        configure_cuda_backends(cfg)
     from model.gagavatar import GAGAvatar
     from model.losses import GAGAvatarLoss
     from model.optim import build_optimizer
@@ -50,6 +61,14 @@ def build_train_state(cfg: ExperimentConfig, device: torch.device) -> TrainState
     flame = FlameModel.from_config(cfg.flame).to(device)
     optimizer, scheduler = build_optimizer(model, cfg.optim)
     return TrainState(model, loss, flame, optimizer, scheduler, cfg)
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (modules, compiled graphs, Ray's and torch's own state) out of
+    the garbage collector's reach: a full collection in the step loop would otherwise walk them all
+    and stall the host for milliseconds while the GPU runs dry. Call once, after set-up."""
+    gc.collect()
+    gc.freeze()
 
 
 # The rasterizer (a CUDA extension) stays outside the compiled regions; everything heavy around it

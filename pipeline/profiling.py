@@ -1,0 +1,65 @@
+"""A torch.profiler window over a few training steps, for finding where a step's time goes.
+
+Inside a training run it is switched on by ``GAGA_PROFILE_DIR=<dir>`` in the workers' environment:
+rank 0 profiles ``GAGA_PROFILE_STEPS`` (3) steps after ``GAGA_PROFILE_WARMUP`` (10) and writes
+``ops.json`` (GPU ms per step of the top operators, wall ms per step) and ``ops.txt`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def operator_rows(prof: profile, steps: int, top: int) -> dict:
+    """GPU ms per step in total and for the ``top`` operators by self device time."""
+    kernels = {}  # a Triton kernel is listed twice (its launcher and itself): keep one row per name
+    for e in prof.key_averages():
+        if e.self_device_time_total > 0:
+            kernels.setdefault(e.key, e)
+    events = sorted(kernels.values(), key=lambda e: e.self_device_time_total, reverse=True)
+    on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    return {"gpu_kernel_ms_per_step": sum(e.self_device_time_total for e in on_gpu) / 1000 / steps,
+            "top_ops": [{"op": e.key[:120], "self_cuda_ms_per_step": e.self_device_time_total / 1000 / steps,
+                         "calls_per_step": e.count / steps} for e in events[:top]]}
+
+
+class StepProfiler:
+    """Call :meth:`after_step` with the number of finished steps after every step."""
+
+    def __init__(self, out_dir: str | Path, first_step: int, warmup: int = 10, steps: int = 3, top: int = 40) -> None:
+        self.out_dir = Path(out_dir)
+        self.start, self.stop = first_step + warmup, first_step + warmup + steps
+        self.steps, self.top = steps, top
+        self._prof: profile | None = None
+        self._t0 = 0.0
+
+    @classmethod
+    def from_env(cls, rank: int, first_step: int) -> StepProfiler | None:
+        out = os.environ.get("GAGA_PROFILE_DIR")
+        if not out or rank != 0:
+            return None
+        return cls(out, first_step, int(os.environ.get("GAGA_PROFILE_WARMUP", 10)),
+                   int(os.environ.get("GAGA_PROFILE_STEPS", 3)))
+
+    def after_step(self, done: int) -> None:
+        if done == self.start:
+            torch.cuda.synchronize()
+            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self._prof.__enter__()
+            self._t0 = time.perf_counter()
+        elif done == self.stop and self._prof is not None:
+            torch.cuda.synchronize()
+            wall_ms = 1000 * (time.perf_counter() - self._t0) / self.steps
+            self._prof.__exit__(None, None, None)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            report = {"steps": self.steps, "wall_ms_per_step": wall_ms, **operator_rows(self._prof, self.steps, self.top)}
+            (self.out_dir / "ops.json").write_text(json.dumps(report, indent=1) + "\n")
+            (self.out_dir / "ops.txt").write_text(
+                self._prof.key_averages().table(sort_by="self_device_time_total", row_limit=self.top))
+            self._prof = None
