@@ -19,20 +19,14 @@ from pathlib import Path
 import torch
 
 from bench.report import write_report
-from bench.train import VARIANTS, isolated, make_shards, measure_loop, variant_config
-from pipeline.data import PrefetchingLoader, ShardPairSource
+from bench.train import VARIANTS, isolated, make_shards, measure_loop, variant_config, worker_like_setup
 from pipeline.profiling import StepProfiler
-from pipeline.step import build_train_state, compile_regions, freeze_heap, train_step
+from pipeline.step import freeze_heap, train_step
 
 
 def profile_loop(cfg, out_dir: str, steps: int, warmup: int) -> dict:
     device = torch.device("cuda")
-    torch.manual_seed(0)
-    state = build_train_state(cfg, device)
-    if cfg.train.compile:
-        compile_regions(state.network)
-    loader = PrefetchingLoader(ShardPairSource([str(p) for p in sorted(Path(cfg.data.train_shards).glob("*.tar"))]),
-                               cfg.data.batch_size, threads=cfg.data.num_workers)
+    state, loader = worker_like_setup(cfg, device)
     profiler = StepProfiler(out_dir, 0, warmup, steps)
     for done in range(1, warmup + steps + 1):
         train_step(state, next(loader).to(device))

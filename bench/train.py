@@ -11,7 +11,8 @@ Variants, measured in the same run (each in a fresh process), each ``--steps`` t
   spec §10) and gsplat;
 - ``bf16``: bf16 autocast, the nearest-neighbour search as one compiled reduction, cuDNN autotuning;
 - ``bf16_compile``: bf16 + torch.compile of the backbone/decoder, heads, StyleUNet and the
-  raw-quaternion covariance builder (one fused kernel each way instead of ~10 launches).
+  raw-quaternion covariance builder (one fused kernel each way instead of ~10 launches);
+- ``bf16_compile_triton``: the same with the nearest-neighbour search as one tiled Triton kernel.
 (Channels-last activations were tried: no gain in eager bf16, and they break the compiled backward
 of StyleGAN's [1,C,1,1] parameters on torch 2.11, so they are not offered.)
 Then the best variant through ``TorchTrainer`` with one GPU worker (pairs/s of the last logging
@@ -36,8 +37,16 @@ import torch
 
 from bench.report import write_report
 from pipeline.config import ExperimentConfig, load_config
-from pipeline.data import PrefetchingLoader, ShardPairSource
-from pipeline.step import build_train_state, compile_regions, flame_vertices, freeze_heap, train_step
+from pipeline.data import PrefetchingLoader
+from pipeline.step import (
+    TrainState,
+    build_train_state,
+    compile_regions,
+    flame_vertices,
+    freeze_heap,
+    train_step,
+)
+from pipeline.train import make_source
 from preprocessing.config import SyntheticDataConfig
 from preprocessing.frame_params import split_params
 from preprocessing.synthetic import generate_clip
@@ -62,29 +71,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# name → (precision, torch.compile of the network, fused compiled nearest-neighbour search,
+# name → (precision, torch.compile of the network, nearest-neighbour search of the lifting loss,
 # cuDNN autotuning)
-VARIANTS = {"fp32_eager": ("fp32", False, False, False), "bf16": ("bf16", False, True, True),
-            "bf16_compile": ("bf16", True, True, True)}
+VARIANTS = {"fp32_eager": ("fp32", False, "chunked", False), "bf16": ("bf16", False, "fused", True),
+            "bf16_compile": ("bf16", True, "fused", True), "bf16_compile_triton": ("bf16", True, "triton", True)}
+DEFAULT_VARIANTS = "fp32_eager,bf16,bf16_compile,bf16_compile_triton"
 
 
 def variant_config(shards: str, variant: str, extra: list[str], preset: str = "paper") -> ExperimentConfig:
-    precision, compile_, fused, autotune = VARIANTS[variant]
+    precision, compile_, search, autotune = VARIANTS[variant]
     return load_config(preset, [f"data.train_shards={shards}", f"train.precision={precision}",
-                                f"train.compile={str(compile_).lower()}", f"loss.lifting_search={'fused' if fused else 'chunked'}",
+                                f"train.compile={str(compile_).lower()}", f"loss.lifting_search={search}",
                                 f"train.cudnn_benchmark={str(autotune).lower()}", "data.num_workers=6", *extra])
+
+
+def worker_like_setup(cfg: ExperimentConfig, device: torch.device) -> tuple[TrainState, PrefetchingLoader]:
+    """Rank 0 of the training worker without Ray: its seeds (initial weights, then the noise
+    stream), compiled regions and data source (shard order from ``seed``). The step's cost depends
+    on the Gaussians the network makes, so the plain loop and TorchTrainer must train the same
+    model on the same batches to be compared."""
+    torch.manual_seed(cfg.seed)
+    state = build_train_state(cfg, device)
+    torch.manual_seed(cfg.seed)  # train_loop_per_worker: seed + 1000 × rank
+    if cfg.train.compile:
+        compile_regions(state.network)
+    return state, PrefetchingLoader(make_source(cfg, 0, 1), cfg.data.batch_size, threads=cfg.data.num_workers)
 
 
 def measure_loop(cfg: ExperimentConfig, steps: int, warmup: int, device: torch.device) -> dict:
     """The plain training loop (no Ray): pairs/s, step time, data-wait share, peak memory."""
-    torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    state = build_train_state(cfg, device)
-    if cfg.train.compile:
-        compile_regions(state.network)
-    loader = PrefetchingLoader(ShardPairSource([str(p) for p in sorted(Path(cfg.data.train_shards).glob("*.tar"))]),
-                               cfg.data.batch_size, threads=cfg.data.num_workers)
+    state, loader = worker_like_setup(cfg, device)
     t_compile = time.perf_counter()
     for _ in range(warmup):
         train_step(state, next(loader).to(device))
@@ -125,9 +143,7 @@ def isolated(fn, *args):
 def stage_breakdown(cfg: ExperimentConfig, repeats: int = 5) -> dict[str, float]:
     """Median ms of each stage of one step (CUDA events; forward stages then backward)."""
     device = torch.device("cuda")
-    state = build_train_state(cfg, device)
-    loader = PrefetchingLoader(ShardPairSource([str(p) for p in sorted(Path(cfg.data.train_shards).glob("*.tar"))]),
-                               cfg.data.batch_size, threads=4)
+    state, loader = worker_like_setup(cfg, device)
     net, times = state.network, {}
     for r in range(repeats + 2):
         batch = next(loader).to(device)
@@ -192,7 +208,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--variants", default="fp32_eager,bf16,bf16_compile")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--preset", default="paper", help="config preset (smoke + --device cpu: a dry run of this script)")
     parser.add_argument("--device", default="cuda")
@@ -205,10 +221,16 @@ def main() -> None:
     shards = make_shards(Path(tempfile.mkdtemp(prefix="bench-shards-")), args.size)
     results = {}
     for name in args.variants.split(","):
-        results[name] = isolated(measure_loop, variant_config(shards, name, args.overrides, args.preset),
-                                 args.steps, args.warmup, device)
+        try:
+            results[name] = isolated(measure_loop, variant_config(shards, name, args.overrides, args.preset),
+                                     args.steps, args.warmup, device)
+        except Exception as exc:  # one broken variant is reported; the others are still measured
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(name, json.dumps(results[name]), flush=True)
-    best = max(results, key=lambda k: results[k]["pairs_per_s"])
+    measured = [k for k in results if "pairs_per_s" in results[k]]
+    if not measured:
+        sys.exit(f"bench.train: every variant failed: {json.dumps(results)}")
+    best = max(measured, key=lambda k: results[k]["pairs_per_s"])
     breakdown = isolated(stage_breakdown, variant_config(shards, "bf16", args.overrides)) if device.type == "cuda" else {}
     print("breakdown", json.dumps(breakdown), flush=True)
     report = {
@@ -222,7 +244,7 @@ def main() -> None:
         "steps": args.steps, "warmup": args.warmup,
         "variants": results,
         "speedup_best_vs_fp32_eager": results[best]["pairs_per_s"] / results["fp32_eager"]["pairs_per_s"]
-        if "fp32_eager" in results else None,
+        if "fp32_eager" in measured else None,
         "best": best,
         "stage_ms_bf16_eager": breakdown,
         "anchors_spec_s10": {"released_step_ms": 4160, "released_pairs_per_s": 1.92,

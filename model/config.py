@@ -136,9 +136,9 @@ class LossConfig:
     lpips_weights: str | None = None  # lpips' weights/v0.1/alex.pth; None: from the lpips package
     lifting_weight: float = 10.0  # 0 disables the lifting loss (ablation)
     lifting_chunk_size: int = 1024  # FLAME vertices per nearest-neighbour chunk
-    # "fused": on CUDA one torch.compile'd reduction (no [B,V,P] distance tensor); "chunked":
-    # matmul blocks (always used on CPU)
-    lifting_search: Literal["fused", "chunked"] = "fused"
+    # on CUDA: "fused", one torch.compile'd reduction (no [B,V,P] distance tensor); "triton", one
+    # tiled Triton kernel (model/nearest_triton.py); "chunked": matmul blocks (always used on CPU)
+    lifting_search: Literal["fused", "chunked", "triton"] = "fused"
     lifting_point_chunk_size: int = 16384  # lifted points per nearest-neighbour chunk
     ssim_weight: float = 0.0  # weight of 0.5·[(1−SSIM coarse) + (1−SSIM refined)], full image
 

@@ -93,26 +93,37 @@ def _nearest_index_chunked(q: torch.Tensor, p: torch.Tensor, p_sq: torch.Tensor,
 
 
 def nearest_sq_distances(queries: torch.Tensor, points: torch.Tensor, query_chunk: int = 1024,
-                         point_chunk: int = 16384, fused: bool = True) -> torch.Tensor:
+                         point_chunk: int = 16384, search: str = "fused") -> torch.Tensor:
     """For each query [B,V,3] the squared distance to its nearest point in [B,P,3] → [B,V].
 
-    The nearest indices are found without gradient, in float32 (``fused`` and on CUDA: one
-    compiled reduction; otherwise chunked matmuls); the distance is then recomputed exactly,
-    differentiable w.r.t. the points (and the queries). No host synchronisation.
+    The nearest indices are found without gradient, in float32; ``search`` (on CUDA): "triton",
+    one tiled kernel (:mod:`model.nearest_triton`); "fused", one compiled reduction; "chunked"
+    (and always on CPU): running minima over matmul blocks. The distance is then recomputed
+    exactly, differentiable w.r.t. the points (and the queries). No host synchronisation.
     """
-    fused = fused and points.is_cuda
+    if search not in SEARCHES:
+        raise ValueError(f"unknown nearest-neighbour search {search!r}; one of {SEARCHES}")
+    search = search if points.is_cuda else "chunked"
     with torch.no_grad(), torch.autocast(device_type=points.device.type, enabled=False):
-        q = queries.detach().float()
-        p = points.detach().float()
-        origin = q.mean(dim=1, keepdim=True)  # centring keeps the expansion's cancellation small
-        q, p = q - origin, p - origin
-        p_sq = p.pow(2).sum(-1)  # [B,P]
-        if fused:
-            index = _nearest_index_fused(q, p, p_sq, query_chunk)
+        if search == "triton":
+            from model.nearest_triton import nearest_index
+
+            index = nearest_index(queries, points)
         else:
-            index = _nearest_index_chunked(q, p, p_sq, query_chunk, point_chunk)
+            q = queries.detach().float()
+            p = points.detach().float()
+            origin = q.mean(dim=1, keepdim=True)  # centring keeps the expansion's cancellation small
+            q, p = q - origin, p - origin
+            p_sq = p.pow(2).sum(-1)  # [B,P]
+            if search == "fused":
+                index = _nearest_index_fused(q, p, p_sq, query_chunk)
+            else:
+                index = _nearest_index_chunked(q, p, p_sq, query_chunk, point_chunk)
     chosen = torch.gather(points, 1, index[..., None].expand(-1, -1, 3))
     return (queries.to(chosen.dtype) - chosen).pow(2).sum(-1)
+
+
+SEARCHES = ("fused", "chunked", "triton")
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -180,7 +191,7 @@ class GAGAvatarLoss(nn.Module):
                 )
         if cfg.lifting_weight > 0:
             d = nearest_sq_distances(target_vertices, output.lifted_points, cfg.lifting_chunk_size,
-                                     cfg.lifting_point_chunk_size, fused=cfg.lifting_search == "fused")
+                                     cfg.lifting_point_chunk_size, search=cfg.lifting_search)
             terms["lifting"] = cfg.lifting_weight * d.mean()
         if cfg.ssim_weight > 0:
             terms["ssim"] = cfg.ssim_weight * 0.5 * self._pair(output, lambda x: (1 - ssim(x.float(), gt)).mean())

@@ -2,7 +2,8 @@
 
 Inside a training run it is switched on by ``GAGA_PROFILE_DIR=<dir>`` in the workers' environment:
 rank 0 profiles ``GAGA_PROFILE_STEPS`` (3) steps after ``GAGA_PROFILE_WARMUP`` (10) and writes
-``ops.json`` (GPU ms per step of the top operators, wall ms per step) and ``ops.txt`` there.
+``ops.json`` (ms per step of the top operators by GPU time, CPU time without a GPU; wall ms per
+step) and ``ops.txt`` (torch's table) there.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
-def operator_rows(prof: profile, steps: int, top: int) -> dict:
-    """GPU ms per step in total and for the ``top`` operators by self device time."""
-    kernels = {}  # a Triton kernel is listed twice (its launcher and itself): keep one row per name
+def operator_rows(prof: profile, steps: int, top: int, on_gpu: bool) -> dict:
+    """ms per step of the ``top`` operators by self time on the GPU (``on_gpu``) or the CPU, and
+    on the GPU the total kernel time."""
+    field = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    rows = {}  # a Triton kernel is listed twice (its launcher and itself): keep one row per name
     for e in prof.key_averages():
-        if e.self_device_time_total > 0:
-            kernels.setdefault(e.key, e)
-    events = sorted(kernels.values(), key=lambda e: e.self_device_time_total, reverse=True)
-    on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
-    return {"gpu_kernel_ms_per_step": sum(e.self_device_time_total for e in on_gpu) / 1000 / steps,
-            "top_ops": [{"op": e.key[:120], "self_cuda_ms_per_step": e.self_device_time_total / 1000 / steps,
-                         "calls_per_step": e.count / steps} for e in events[:top]]}
+        if getattr(e, field) > 0:
+            rows.setdefault(e.key, e)
+    events = sorted(rows.values(), key=lambda e: getattr(e, field), reverse=True)
+    report = {"clock": "cuda" if on_gpu else "cpu",
+              "top_ops": [{"op": e.key[:120], "self_ms_per_step": getattr(e, field) / 1000 / steps,
+                           "calls_per_step": e.count / steps} for e in events[:top]]}
+    if on_gpu:
+        kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+        report["gpu_kernel_ms_per_step"] = sum(e.self_device_time_total for e in kernels) / 1000 / steps
+    return report
 
 
 class StepProfiler:
@@ -48,18 +54,22 @@ class StepProfiler:
                    int(os.environ.get("GAGA_PROFILE_STEPS", 3)))
 
     def after_step(self, done: int) -> None:
+        on_gpu = torch.cuda.is_available()
         if done == self.start:
-            torch.cuda.synchronize()
-            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            if on_gpu:
+                torch.cuda.synchronize()
+            self._prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else []))
             self._prof.__enter__()
             self._t0 = time.perf_counter()
         elif done == self.stop and self._prof is not None:
-            torch.cuda.synchronize()
+            if on_gpu:
+                torch.cuda.synchronize()
             wall_ms = 1000 * (time.perf_counter() - self._t0) / self.steps
             self._prof.__exit__(None, None, None)
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            report = {"steps": self.steps, "wall_ms_per_step": wall_ms, **operator_rows(self._prof, self.steps, self.top)}
+            report = {"steps": self.steps, "wall_ms_per_step": wall_ms, **operator_rows(self._prof, self.steps, self.top, on_gpu)}
             (self.out_dir / "ops.json").write_text(json.dumps(report, indent=1) + "\n")
             (self.out_dir / "ops.txt").write_text(
-                self._prof.key_averages().table(sort_by="self_device_time_total", row_limit=self.top))
+                self._prof.key_averages().table(sort_by="self_device_time_total" if on_gpu else "self_cpu_time_total",
+                                                row_limit=self.top))
             self._prof = None

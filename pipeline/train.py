@@ -182,7 +182,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
 
-    profiler = StepProfiler.from_env(rank, progress.step) if device.type == "cuda" else None
+    profiler = StepProfiler.from_env(rank, progress.step)
     sums: dict[str, torch.Tensor] = {}
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     metrics: dict[str, float] = dict(progress.metrics)

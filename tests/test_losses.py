@@ -195,3 +195,14 @@ def test_fused_nearest_search_block_equals_brute_force():
     q, p = torch.randn(2, 50, 3), torch.randn(2, 700, 3)
     _, idx = _block_min(q, p, p.pow(2).sum(-1))
     assert torch.equal(idx, torch.cdist(q, p).argmin(-1))
+
+
+def test_nearest_search_is_named_and_falls_back_to_chunks_on_cpu():
+    torch.manual_seed(2)
+    q, p = torch.randn(2, 40, 3), torch.randn(2, 300, 3)
+    expected = nearest_sq_distances(q, p, search="chunked")
+    for search in ("fused", "triton"):  # CUDA searches: on CPU the chunked one answers
+        torch.testing.assert_close(nearest_sq_distances(q, p, search=search), expected, rtol=0, atol=0)
+    torch.testing.assert_close(expected, torch.cdist(q, p).pow(2).min(-1).values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown nearest-neighbour search 'faiss'"):
+        nearest_sq_distances(q, p, search="faiss")

@@ -4,6 +4,7 @@ of restarting, and checkpoints go to S3."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -98,9 +99,16 @@ def test_resubmitting_a_finished_run_resumes_instead_of_restarting(uninterrupted
     result = run_training(_cfg(shards, str(storage), "straight"))
     assert load_progress(result.checkpoint_path).step == STEPS
     assert sorted(Path(storage, "straight").glob("checkpoint_0*")) == checkpoints  # nothing retrained
-    # asking for more steps continues from the last checkpoint (same run name)
-    more = run_training(_cfg(shards, str(storage), "straight", f"train.steps={STEPS + 15}", "train.num_workers=1"))
+    # asking for more steps continues from the last checkpoint (same run name); a profiler window
+    # asked for through the workers' environment counts its warm-up from the resumed step
+    profile_dir = Path(storage, "profile")
+    env = {"GAGA_PROFILE_DIR": str(profile_dir), "GAGA_PROFILE_WARMUP": "12", "GAGA_PROFILE_STEPS": "2"}
+    more = run_training(_cfg(shards, str(storage), "straight", f"train.steps={STEPS + 15}", "train.num_workers=1"),
+                        worker_env=env)
     assert load_progress(more.checkpoint_path).step == STEPS + 15
+    ops = json.loads((profile_dir / "ops.json").read_text())
+    assert ops["steps"] == 2 and ops["clock"] == "cpu" and ops["wall_ms_per_step"] > 0
+    assert any(row["op"] == "aten::convolution_backward" for row in ops["top_ops"])  # backward is inside
 
 
 def test_shards_and_checkpoints_on_s3(ray_cluster, s3_server, shards, monkeypatch):  # noqa: F811
