@@ -2,7 +2,7 @@
 variant in the plain loop, GPU time per operator (forward ops and their autograd backward
 nodes), top N as JSON, beside the variant's pairs/s from the loop bench.train times.
 
-    python -m bench.profile_train --variant bf16_compile --out /tmp/profile.json
+    python -m bench.profile_train --variant bf16_compile --out bench/results/train_profile_h100.json
 
 Settings to compare go through ``--set`` (e.g. ``--set train.cudnn_benchmark=false``). The same
 window inside a Ray Train run: ``GAGA_PROFILE_DIR`` (pipeline.profiling).
@@ -21,17 +21,15 @@ import torch
 from bench.report import write_report
 from bench.train import VARIANTS, isolated, make_shards, measure_loop, variant_config, worker_like_setup
 from pipeline.profiling import StepProfiler
-from pipeline.step import freeze_heap, train_step
+from pipeline.step import train_step
 
 
 def profile_loop(cfg, out_dir: str, steps: int, warmup: int) -> dict:
     device = torch.device("cuda")
     state, loader = worker_like_setup(cfg, device)
-    profiler = StepProfiler(out_dir, 0, warmup, steps)
+    profiler = StepProfiler(out_dir, 0, warmup, steps, on_gpu=True)
     for done in range(1, warmup + steps + 1):
         train_step(state, next(loader).to(device))
-        if done == 1:
-            freeze_heap()
         profiler.after_step(done)
     loader.close()
     return json.loads((Path(out_dir) / "ops.json").read_text())

@@ -43,7 +43,6 @@ from pipeline.step import (
     build_train_state,
     compile_regions,
     flame_vertices,
-    freeze_heap,
     train_step,
 )
 from pipeline.train import make_source
@@ -108,7 +107,6 @@ def measure_loop(cfg: ExperimentConfig, steps: int, warmup: int, device: torch.d
         train_step(state, next(loader).to(device))
     _sync(device)
     warmup_s = time.perf_counter() - t_compile
-    freeze_heap()  # as the training loop does after its first step
     wait = 0.0
     start = time.perf_counter()
     for _ in range(steps):  # no per-step sync: host work overlaps the GPU as in training

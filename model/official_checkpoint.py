@@ -1,7 +1,7 @@
 """Weights from elsewhere: the released ``GAGAvatar.pt`` and DINOv2 state dicts.
 
 The released file (Lightning Fabric) holds ``{"model": state_dict, "meta_cfg": {...}}``; its
-keys are the official module's (``/work/shared/spec/official_state_dict.txt``), which are ours,
+keys are the official module's (listed in ``tests/data/official_state_dict.txt``), which are ours,
 plus the training-only ``percep_loss.*`` networks, which the network here does not own.
 """
 

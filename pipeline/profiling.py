@@ -38,23 +38,25 @@ def operator_rows(prof: profile, steps: int, top: int, on_gpu: bool) -> dict:
 class StepProfiler:
     """Call :meth:`after_step` with the number of finished steps after every step."""
 
-    def __init__(self, out_dir: str | Path, first_step: int, warmup: int = 10, steps: int = 3, top: int = 40) -> None:
+    def __init__(self, out_dir: str | Path, first_step: int, warmup: int = 10, steps: int = 3, top: int = 40,
+                 on_gpu: bool = False) -> None:
         self.out_dir = Path(out_dir)
+        self.on_gpu = on_gpu  # also time CUDA kernels (the training runs on a GPU)
         self.start, self.stop = first_step + warmup, first_step + warmup + steps
         self.steps, self.top = steps, top
         self._prof: profile | None = None
         self._t0 = 0.0
 
     @classmethod
-    def from_env(cls, rank: int, first_step: int) -> StepProfiler | None:
+    def from_env(cls, rank: int, first_step: int, on_gpu: bool) -> StepProfiler | None:
         out = os.environ.get("GAGA_PROFILE_DIR")
         if not out or rank != 0:
             return None
         return cls(out, first_step, int(os.environ.get("GAGA_PROFILE_WARMUP", 10)),
-                   int(os.environ.get("GAGA_PROFILE_STEPS", 3)))
+                   int(os.environ.get("GAGA_PROFILE_STEPS", 3)), on_gpu=on_gpu)
 
     def after_step(self, done: int) -> None:
-        on_gpu = torch.cuda.is_available()
+        on_gpu = self.on_gpu
         if done == self.start:
             if on_gpu:
                 torch.cuda.synchronize()

@@ -8,7 +8,6 @@ and returns detached loss tensors (no host sync: callers read them when they log
 from __future__ import annotations
 
 import contextlib
-import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +60,6 @@ def build_train_state(cfg: ExperimentConfig, device: torch.device) -> TrainState
     flame = FlameModel.from_config(cfg.flame).to(device)
     optimizer, scheduler = build_optimizer(model, cfg.optim)
     return TrainState(model, loss, flame, optimizer, scheduler, cfg)
-
-
-def freeze_heap() -> None:
-    """Move every object alive now (modules, compiled graphs, Ray's and torch's own state) out of
-    the garbage collector's reach: a full collection in the step loop would otherwise walk them all
-    and stall the host for milliseconds while the GPU runs dry. Call once, after set-up."""
-    gc.collect()
-    gc.freeze()
 
 
 # The rasterizer (a CUDA extension) stays outside the compiled regions; everything heavy around it

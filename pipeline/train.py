@@ -39,7 +39,6 @@ from .step import (
     TrainState,
     build_train_state,
     compile_regions,
-    freeze_heap,
     predict,
     target_at_render_size,
     train_step,
@@ -182,7 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
 
-    profiler = StepProfiler.from_env(rank, progress.step)
+    profiler = StepProfiler.from_env(rank, progress.step, on_gpu=device.type == "cuda")
     sums: dict[str, torch.Tensor] = {}
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     metrics: dict[str, float] = dict(progress.metrics)
@@ -191,8 +190,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         batch = next(loader).to(device)
         data_wait += time.perf_counter() - t0
         losses, output = train_step(state, batch)
-        if step == progress.step + 1:  # torch.compile's graphs exist after the first step
-            freeze_heap()
         if profiler is not None:
             profiler.after_step(step + 1)
         for key, value in losses.items():

@@ -26,7 +26,8 @@ from model.official_checkpoint import (
 from model.optim import build_optimizer
 from pipeline.configtools import from_dict, load_preset_dict
 
-OFFICIAL_KEYS = Path("/work/shared/spec/official_state_dict.txt")
+# key/shape list of the released module (a copy of the shared spec's official_state_dict.txt)
+OFFICIAL_KEYS = Path(__file__).parent / "data" / "official_state_dict.txt"
 
 
 def smoke_configs() -> dict:
@@ -313,12 +314,11 @@ def test_paper_state_dict_has_the_official_layout_and_round_trips():
     assert len(exported) == 561 and sum(v.numel() for v in exported.values()) == 169_616_198
     assert list(exported["base_model.dino_model.pos_embed"].shape) == [1, 1370, 768]
     assert list(exported["upsampler.stylegan_decoder.noises.noise14"].shape) == [1, 1, 512, 512]
-    if OFFICIAL_KEYS.is_file():  # the shared spec's key/shape list of the released module
-        official = _official_shapes()
-        assert len(official) == 561
-        assert sorted(set(official) - set(exported)) == [] and sorted(set(exported) - set(official)) == []
-        wrong = {k: (official[k], list(v.shape)) for k, v in exported.items() if list(v.shape) != official[k]}
-        assert wrong == {}
+    official = _official_shapes()
+    assert len(official) == 561
+    assert sorted(set(official) - set(exported)) == [] and sorted(set(exported) - set(official)) == []
+    wrong = {k: (official[k], list(v.shape)) for k, v in exported.items() if list(v.shape) != official[k]}
+    assert wrong == {}
     # a released-style file: the state dict, the perceptual nets we skip, and meta_cfg
     state = {k: v.clone() for k, v in exported.items()}
     state["head_base"] += 1.0

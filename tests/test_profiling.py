@@ -28,9 +28,9 @@ def test_window_covers_its_steps_and_counts_calls_per_step(tmp_path):
 
 def test_only_rank_zero_and_only_when_asked(monkeypatch, tmp_path):
     monkeypatch.delenv("GAGA_PROFILE_DIR", raising=False)
-    assert StepProfiler.from_env(0, 0) is None
+    assert StepProfiler.from_env(0, 0, on_gpu=False) is None
     monkeypatch.setenv("GAGA_PROFILE_DIR", str(tmp_path))
     monkeypatch.setenv("GAGA_PROFILE_WARMUP", "4")
-    assert StepProfiler.from_env(1, 0) is None
-    profiler = StepProfiler.from_env(0, 7)
+    assert StepProfiler.from_env(1, 0, on_gpu=False) is None
+    profiler = StepProfiler.from_env(0, 7, on_gpu=False)
     assert (profiler.start, profiler.stop) == (11, 14)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.geometry import device_constant, quaternion_to_matrix
+from model.geometry import device_constant, matrix_to_quaternion, quaternion_to_matrix
 
 # The 2D low-pass added to the projected covariance's diagonal (pixels²), hard-coded in both
 # graphdeco's and gsplat's kernels: every Gaussian covers at least about one pixel.
@@ -112,8 +112,6 @@ def quat_scale_from_covariance(cov: torch.Tensor) -> tuple[torch.Tensor, torch.T
     [..., 3, 3] (symmetric PSD), by eigendecomposition in float64. Lets a rasterizer that
     normalises quaternions (gsplat) draw Gaussians whose covariance came from raw quaternions,
     without a per-call covariance input. No gradient: for cached, inference-only Gaussians."""
-    from model.geometry import matrix_to_quaternion
-
     with torch.no_grad():
         values, vectors = torch.linalg.eigh(cov.double())  # columns: eigenvectors
         # a reflection → a rotation: flipping every column keeps v vᵀ, and so Σ
