@@ -15,7 +15,8 @@ as released):
   fast            Reenactor, bf16 + channels-last + CUDA graphs (FLAME/camera and StyleUNet), the
                   source as unit quaternions + scales (splat_quats)
   fast_covars     fast, but covariances handed to the rasterizer every frame (splat_quats off)
-  fast_compiled   fast + torch.compile of the StyleUNet (--compile; skipped past --max-seconds)
+  fast_compiled   fast + torch.compile of the StyleUNet (--compile; skipped past --max-seconds);
+                  fast_compiled_<mode> for each other inductor mode in --compile-modes
 Also a per-stage split (FLAME, rasterizer, StyleUNet) of eager_fp32 and fast.
 """
 
@@ -152,10 +153,12 @@ def bench(args: argparse.Namespace) -> dict:
         # the same without the unit-quaternion source (covariances passed to gsplat every frame)
         variants.append(("fast_covars", dataclasses.replace(ReenactOptions.fast(), splat_quats=False)))
         if args.compile:
-            variants.append(("fast_compiled", ReenactOptions.fast(compile=True)))
+            for mode in args.compile_modes.split(","):
+                name = "fast_compiled" if mode == "default" else f"fast_compiled_{mode.replace('-', '_')}"
+                variants.append((name, dataclasses.replace(ReenactOptions.fast(compile=True), compile_mode=mode)))
     outputs = {}
     for name, options in variants:
-        if name == "fast_compiled" and time.perf_counter() - start > args.max_seconds:
+        if name.startswith("fast_compiled") and time.perf_counter() - start > args.max_seconds:
             result["variants"][name] = {"skipped": f"over --max-seconds {args.max_seconds} before compiling"}
             continue
         t0 = time.perf_counter()
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recon-reps", type=int, default=10)
     p.add_argument("--backend", default="gsplat")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the StyleUNet (minutes)")
+    p.add_argument("--compile-modes", default="default",
+                   help="inductor modes for the compiled variant, comma-separated (e.g. default,max-autotune-no-cudagraphs)")
     p.add_argument("--max-seconds", type=float, default=240.0, help="skip the compiled variant past this")
     p.add_argument("--smoke", action="store_true", help="CPU, smoke preset, eager variants only (a code check)")
     p.add_argument("--device-command", default="", help="the command as run on the device (recorded)")

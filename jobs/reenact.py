@@ -6,7 +6,8 @@
 
 The source is cropped and tracked like a single image in preprocessing, a driver video like a
 clip (every frame); shards are used as tracked. On CUDA the real-time path renders the frames
-(``eval.optimized``; ``--set eval.compile=true`` adds torch.compile). Writes the mp4 (H.264) and
+(``eval.optimized``; ``--set eval.compile=true`` adds torch.compile, ``eval.compile_mode`` picks
+its inductor mode). Writes the mp4 (H.264) and
 the frames as PNGs (``<out>_frames/`` or ``--frames``); prints a summary as JSON.
 """
 

@@ -44,6 +44,8 @@ from .gaussian_heads import GaussianAttributes
 from .geometry import axis_angle_to_matrix, intrinsics
 from .rasterizer import quat_scale_from_covariance, render_gaussians
 
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
 
 @dataclass(frozen=True)
 class ReenactOptions:
@@ -53,7 +55,9 @@ class ReenactOptions:
     channels_last: bool = False  # StyleUNet activations and conv weights in NHWC (tensor cores like it)
     cuda_graphs: bool = False  # capture FLAME+camera and the StyleUNet as CUDA graphs (CUDA, batch 1)
     compile: bool = False  # torch.compile the StyleUNet (inductor) before capturing it
-    compile_mode: str = "default"  # inductor mode; not "reduce-overhead": the graphs are captured here
+    # inductor mode. "max-autotune-no-cudagraphs" tunes the StyleUNet's kernels: 319 vs 295 FPS
+    # pipelined on an H100, but ~8 min of warm-up instead of ~1 (bench/results/reenact_fps_h100.json)
+    compile_mode: str = "default"
     # CUDA graphs only: the neural renderer of frame k runs on a second stream while frame k+1 is
     # splatted (gsplat's host sync then waits for the splatting alone). Throughput, not latency;
     # a frame's output is ready only after the next call or synchronize().
@@ -65,12 +69,18 @@ class ReenactOptions:
     splat_quats: bool = False
     backend: str | None = None  # rasterizer backend; None: the model's config ("auto": gsplat on CUDA)
 
+    def __post_init__(self) -> None:
+        if self.compile_mode in CUDA_GRAPH_COMPILE_MODES:
+            raise ValueError(f"ReenactOptions.compile_mode={self.compile_mode!r} makes inductor capture its own CUDA "
+                             "graphs, which the Reenactor already captures (cuda_graphs); use 'default' or "
+                             "'max-autotune-no-cudagraphs'")
+
     @classmethod
-    def fast(cls, compile: bool = False, pipelined: bool = False) -> ReenactOptions:
+    def fast(cls, compile: bool = False, pipelined: bool = False, compile_mode: str = "default") -> ReenactOptions:
         """The real-time path: bf16, channels-last, CUDA graphs (+ torch.compile, + two-stream
         pipelining when asked)."""
         return cls(precision="bf16", channels_last=True, cuda_graphs=True, compile=compile, pipelined=pipelined,
-                   splat_quats=True)
+                   splat_quats=True, compile_mode=compile_mode)
 
 
 def _channels_last_(module: nn.Module) -> None:

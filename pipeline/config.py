@@ -95,6 +95,9 @@ class EvalConfig:
     # gaga-reenact
     optimized: bool = True  # on CUDA: bf16, channels-last, CUDA graphs (model.reenactment); eager fp32 elsewhere
     compile: bool = False  # also torch.compile the neural renderer (minutes of warm-up)
+    # inductor mode of that compile: "max-autotune-no-cudagraphs" renders ~8% faster on an H100
+    # after ~8 min of kernel tuning (docs/evaluation.md)
+    compile_mode: str = "default"
     fps: int = 25  # output video frame rate when the driver has none
     side_by_side: bool = True  # gaga-reenact writes driver | result
 

@@ -197,7 +197,7 @@ def run_reenact(cfg: ExperimentConfig, checkpoint: str, source: str, driver: str
     t_track = time.perf_counter()
 
     fast = cfg.eval.optimized and dev.type == "cuda"
-    options = ReenactOptions.fast(compile=cfg.eval.compile) if fast else ReenactOptions()
+    options = ReenactOptions.fast(compile=cfg.eval.compile, compile_mode=cfg.eval.compile_mode) if fast else ReenactOptions()
     reenactor = Reenactor(model, flame, options)
     sp = split_params(torch.from_numpy(src.params).to(dev))
     src_image = torch.from_numpy(np.array(src.images)).permute(0, 3, 1, 2).float().div(255.0).to(dev)

@@ -177,3 +177,10 @@ def test_unit_quaternion_source_gives_the_covariance_frames(smoke):
     a, b = plain(expression, pose, eyes, transform), quats(expression, pose, eyes, transform)
     assert torch.allclose(a.features, b.features, atol=1e-4), (a.features - b.features).abs().max()
     assert torch.allclose(a.refined, b.refined, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_compile_modes_that_capture_their_own_graphs_are_refused(mode):
+    with pytest.raises(ValueError, match="max-autotune-no-cudagraphs"):
+        ReenactOptions.fast(compile=True, compile_mode=mode)
+    assert ReenactOptions.fast(compile=True, compile_mode="max-autotune-no-cudagraphs").compile_mode.endswith("cudagraphs")
