@@ -223,8 +223,8 @@ def main() -> None:
     names = args.variants.split(",")
     ray_perf = None
     if not args.no_ray:
-        # Ray first, then the plain loop of the same variant: a step measured late in a run came
-        # out up to 13% slower whatever hosted it (bench/results/train_hosts_h100.json)
+        # Ray first, then the plain loop of the same variant: TorchTrainer measured after the other
+        # variants read 0.87x the plain loop, measured first 1.02-1.03x (cause unknown; README)
         ray_perf = measure_ray(variant_config(shards, args.ray_variant, args.overrides, args.preset),
                                args.steps, args.warmup)
         print("ray_train_1_worker", json.dumps(ray_perf), flush=True)

@@ -112,9 +112,9 @@ def main() -> None:
             "hosts": results,
             "pairs_per_s_vs_process": {k: v / base for k, v in pairs.items() if v and base},
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1, default=float) + "\n")
+        write_report(report, args.out, echo=False)
     write_report(report, args.out)
+
 
 if __name__ == "__main__":
     main()

@@ -183,4 +183,4 @@ def test_unit_quaternion_source_gives_the_covariance_frames(smoke):
 def test_compile_modes_that_capture_their_own_graphs_are_refused(mode):
     with pytest.raises(ValueError, match="max-autotune-no-cudagraphs"):
         ReenactOptions.fast(compile=True, compile_mode=mode)
-    assert ReenactOptions.fast(compile=True, compile_mode="max-autotune-no-cudagraphs").compile_mode.endswith("cudagraphs")
+    ReenactOptions.fast(compile=True, compile_mode="max-autotune-no-cudagraphs")  # the tuned mode is accepted
