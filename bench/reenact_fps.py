@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             info["gsplat"] = gsplat.__version__
         except ImportError:
             info["gsplat"] = None
-    from pipeline import paper_results
+    from pipeline.eval import paper_results
 
     info["paper"] = {"table2_fps": paper_results.TABLE2_FPS["GAGAvatar"], "table2_gpu": paper_results.TABLE2_GPU,
                      "released_code_h100": paper_results.RELEASED_H100}

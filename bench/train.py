@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from bench.report import write_report
+from model.frame_params import split_params
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data import PrefetchingLoader
 from pipeline.step import (
@@ -49,7 +50,6 @@ from pipeline.step import (
 )
 from pipeline.train import make_source
 from preprocessing.config import SyntheticDataConfig
-from preprocessing.frame_params import split_params
 from preprocessing.synthetic import generate_clip
 from preprocessing.synthetic.truth_pairs import clip_pairs, write_pair_shards
 

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = resolve_config(args, extra)
     setup_logging()
 
-    from pipeline.evaluate import run_evaluation
+    from pipeline.eval.run import run_evaluation
     from pipeline.ray_cluster import ensure_ray
 
     ensure_ray()

@@ -455,9 +455,9 @@ class Reenactor:
 
     @torch.no_grad()
     def render_params(self, params: torch.Tensor) -> AvatarOutput:
-        """Driver frames as flat tracked parameters [B,428] (preprocessing.frame_params layout;
+        """Driver frames as flat tracked parameters [B,428] (model.frame_params layout;
         their shape codes are ignored: the source's is used)."""
-        from preprocessing.frame_params import split_params  # the sample layout lives with the data format
+        from .frame_params import split_params
 
         p = split_params(params.to(self.device).float())
         return self(p["expression"], p["pose"], p["eyes"], p["transform_matrix"])

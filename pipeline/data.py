@@ -37,7 +37,7 @@ from . import storage
 
 @dataclass
 class PairBatch:
-    """A collated batch. Images float32 in [0,1]; params [B, 428] (preprocessing.frame_params)."""
+    """A collated batch. Images float32 in [0,1]; params [B, 428] (model.frame_params)."""
 
     source_image: torch.Tensor  # [B,3,H,W]
     target_image: torch.Tensor  # [B,3,H,W]

@@ -28,7 +28,7 @@ def run_demo(cfg: ExperimentConfig, out_dir: str | Path = "outputs/demo") -> dic
     """Run every stage; returns (and writes to ``<out_dir>/demo.json``) where each output is."""
     from preprocessing.synthetic import ensure_dataset
 
-    from .evaluate import run_evaluation
+    from .eval.run import run_evaluation
     from .preprocess import run_preprocess
     from .ray_cluster import ensure_ray
     from .reenact import run_reenact

@@ -26,7 +26,7 @@ import torch
 
 from . import storage
 from .config import ExperimentConfig
-from .eval_model import CheckpointInfo, inspect_checkpoint, load_flame, load_model
+from .eval.checkpoints import CheckpointInfo, inspect_checkpoint, load_flame, load_model
 
 log = logging.getLogger("gaga.reenact")
 
@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass
 class TrackedFrames:
-    """Crops and their tracked parameters (preprocessing.frame_params layout)."""
+    """Crops and their tracked parameters (model.frame_params layout)."""
 
     images: np.ndarray  # [K,S,S,3] uint8
     params: np.ndarray  # [K,428] float32
@@ -120,7 +120,7 @@ def track_video(path: str, cfg: ExperimentConfig, flame, crop_size: int,
 def frames_from_shards(prefix: str, clip: str | None = None) -> TrackedFrames:
     """The driving frames of one clip in tracked pair shards (test_self / test_cross / train): the
     targets of its pairs plus their sources, by frame id; ``clip`` defaults to the first clip."""
-    from .eval_data import iter_tar, pair_identity
+    from .eval.data import iter_tar, pair_identity
 
     urls = storage.list_urls(prefix, suffix=".tar")
     if not urls:
@@ -140,7 +140,7 @@ def frames_from_shards(prefix: str, clip: str | None = None) -> TrackedFrames:
     name = clip or sorted(found)[0]
     if name not in found:
         raise ValueError(f"{prefix}: no clip {name!r}; clips: {', '.join(sorted(found)[:20])}")
-    from .eval_stages import decode_image
+    from .eval.stages import decode_image
 
     ids = sorted(found[name])
     images = np.stack([decode_image(found[name][f][0]) for f in ids])
@@ -180,8 +180,8 @@ def run_reenact(cfg: ExperimentConfig, checkpoint: str, source: str, driver: str
                 device: str | None = None, source_clip: str | None = None) -> dict[str, Any]:
     """Reenact ``source`` (an image, or a clip of tracked shards) with ``driver``; writes ``out``
     (mp4) and the frames; returns a summary."""
+    from model.frame_params import split_params
     from model.reenactment import ReenactOptions, Reenactor
-    from preprocessing.frame_params import split_params
     from preprocessing.synthetic.video import write_video
 
     from .data import encode_png

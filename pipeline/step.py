@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.flame import FlameModel
-from preprocessing.frame_params import split_params
+from model.frame_params import split_params
 
 from .config import ExperimentConfig
 from .data import PairBatch

@@ -119,7 +119,7 @@ def _cell_result_url(spec: SweepSpec, cell: str) -> str:
 def run_cell(cfg_dict: dict[str, Any], cell: str, sweep: str, result_url: str) -> dict[str, Any]:
     """Train then evaluate one cell (idempotent: a finished cell's stored result is returned)."""
     from .config import config_from_dict
-    from .evaluate import run_evaluation
+    from .eval.run import run_evaluation
     from .train import run_training
 
     if storage.exists(result_url):
@@ -210,8 +210,8 @@ def collect_rows(spec: SweepSpec, cells: list[Cell], statuses: dict[str, dict[st
 
 def write_table(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, str]:
     """table3.md / .csv / .json with the paper's rows beside ours, and one bar chart per metric."""
-    from . import paper_results as paper
-    from .eval_report import csv_text
+    from .eval import paper_results as paper
+    from .eval.report import csv_text
 
     keys = list(paper.TABLE_KEYS)
     paper_rows = [{"cell": key, "name": v["name"], **{k: v.get(k) for k in keys}} for key, v in paper.TABLE3.items()]
@@ -242,7 +242,7 @@ def _cell_text(value: Any, key: str) -> str:
 
 
 def markdown(spec: SweepSpec, rows: list[dict[str, Any]], paper_rows: list[dict[str, Any]]) -> str:
-    from . import paper_results as paper
+    from .eval import paper_results as paper
 
     keys = list(paper.TABLE_KEYS)
     head = "| | cell | " + " | ".join(paper.column_titles()) + " |"

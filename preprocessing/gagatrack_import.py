@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from model.flame_assets import restricted_load
+from model.frame_params import FrameParams
 
-from .frame_params import FrameParams
 from .sample_format import encode_image
 from .sampling import select_frames
 

@@ -2,7 +2,7 @@
 
 One sample = one (source → target) pair, key ``{clip}_{src:06d}_{tgt:06d}`` (no dots), members:
   ``source.jpg|png``, ``target.jpg|png``  RGB crops (uint8, H×W×3)
-  ``source.params.npy``, ``target.params.npy``  float32 [428] (layout: preprocessing.frame_params)
+  ``source.params.npy``, ``target.params.npy``  float32 [428] (layout: model.frame_params)
   ``meta.json``  clip ids, frame ids, split, focal, image size, which FLAME made the parameters
 No pickle anywhere.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .frame_params import PARAM_SIZE, FrameParams
+from model.frame_params import PARAM_SIZE, FrameParams
 
 _CLIP_ID = re.compile(r"^[A-Za-z0-9+\-=]+(?:_[A-Za-z0-9+\-=]+)*$")
 IMAGE_KEYS = ("source", "target")

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .frame_params import PARAM_SIZE
+from model.frame_params import PARAM_SIZE
+
 from .sample_format import encode_array
 from .sampling import Pair
 

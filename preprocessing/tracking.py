@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from model.flame import FlameModel, rigid_transforms
+from model.frame_params import FrameParams
 from model.geometry import (
     axis_angle_to_matrix,
     matrix_to_rotation_6d,
@@ -30,7 +31,6 @@ from model.geometry import (
 )
 
 from .config import TrackingConfig
-from .frame_params import FrameParams
 
 NUM_LANDMARKS = 70  # iBUG 68 + 2 pupils
 CONTOUR = slice(0, 17)
@@ -120,7 +120,7 @@ class TrackResult:
         )
 
     def packed(self) -> np.ndarray:
-        """[K, 428] flat parameters (preprocessing.frame_params layout)."""
+        """[K, 428] flat parameters (model.frame_params layout)."""
         return np.stack([self.frame_params(k).pack() for k in range(self.num_frames)])
 
 

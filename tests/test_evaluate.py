@@ -14,8 +14,8 @@ import torch
 from conftest_ray import ray_cluster  # noqa: F401
 from PIL import Image
 
+from model.frame_params import FrameParams
 from pipeline.config import load_config
-from preprocessing.frame_params import FrameParams
 from preprocessing.sampling import cross_pairs, self_pairs
 from preprocessing.shards import pair_sample, write_tar
 
@@ -131,7 +131,7 @@ def test_gaga_eval_on_generated_shards(setup, ray_cluster, capsys):  # noqa: F81
 def test_pools_never_ask_for_more_cpus_than_the_cluster_has():
     """Each actor holds its CPUs: a reader that cannot get one would stall the job for good."""
     from pipeline.config import load_config
-    from pipeline.evaluate import pool_sizes
+    from pipeline.eval.run import pool_sizes
 
     cfg = load_config("smoke")
     for cpus, gpus, pairs in ((1, 0, 5), (2, 0, 48), (3, 0, 2), (16, 2, 480)):

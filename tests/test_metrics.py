@@ -10,7 +10,8 @@ from PIL import Image
 from skimage.data import astronaut
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from model.alignment import (
+from model.metrics import psnr, ssim
+from pipeline.eval.metrics.alignment import (
     ARCFACE_TEMPLATE_112,
     alignment_box,
     arcface_crop,
@@ -18,7 +19,6 @@ from model.alignment import (
     crop_resize,
     five_points,
 )
-from model.metrics import psnr, ssim
 
 
 def _t(image: np.ndarray) -> torch.Tensor:
@@ -85,8 +85,8 @@ def test_arcface_crop_puts_keypoints_on_the_template():
 
 
 def test_head_pose_angles_recover_the_generator_rotation():
-    from model.expression_estimator import head_pose_angles
     from model.geometry import euler_to_matrix, look_at_transform
+    from pipeline.eval.metrics.expression_estimator import head_pose_angles
 
     angles = torch.tensor([[0.3, -0.1, 0.05], [-0.2, 0.15, -0.1]])
     transform = look_at_transform(9.3, euler_to_matrix(*angles.unbind(-1)))
@@ -99,13 +99,13 @@ def test_head_pose_angles_recover_the_generator_rotation():
 
 @pytest.fixture(scope="module")
 def analyzer():
-    from model.face_analysis import DlibFaceAnalyzer
+    from pipeline.eval.metrics.face_analysis import DlibFaceAnalyzer
 
     return DlibFaceAnalyzer()
 
 
 def test_akd_is_zero_for_the_same_image_and_follows_a_shift(analyzer):
-    from model.face_metrics import keypoint_distance
+    from pipeline.eval.metrics.face_metrics import keypoint_distance
 
     img = astronaut()
     base = analyzer.landmarks(img, analyzer.detect(img))
@@ -118,11 +118,11 @@ def test_akd_is_zero_for_the_same_image_and_follows_a_shift(analyzer):
 
 @pytest.fixture(scope="module")
 def face_metrics(analyzer):
-    from model.expression_estimator import FlameTrackerEstimator
-    from model.face_metrics import FaceMetrics
     from model.flame import FlameModel
-    from model.identity import DlibIdentity
     from pipeline.config import load_config
+    from pipeline.eval.metrics.expression_estimator import FlameTrackerEstimator
+    from pipeline.eval.metrics.face_metrics import FaceMetrics
+    from pipeline.eval.metrics.identity import DlibIdentity
 
     cfg = load_config("smoke")
     estimator = FlameTrackerEstimator(FlameModel.from_config(cfg.flame), cfg.preprocess.tracking, cfg.camera.focal, 50)
@@ -160,7 +160,7 @@ def _up(frame: np.ndarray, size: int = 512) -> torch.Tensor:
 
 
 def test_csim_separates_generated_identities(face_metrics, generated):
-    from model.identity import cosine_similarity
+    from pipeline.eval.metrics.identity import cosine_similarity
 
     def embedding(frame: np.ndarray) -> np.ndarray:
         return face_metrics.source(_up(frame)).embedding
@@ -174,7 +174,7 @@ def test_csim_separates_generated_identities(face_metrics, generated):
 
 
 def test_aed_apd_grow_with_the_expression_and_pose_difference(face_metrics, generated):
-    from model.expression_estimator import head_pose_angles
+    from pipeline.eval.metrics.expression_estimator import head_pose_angles
 
     frames, truth = generated["synth003c01"]
     code = lambda k: np.concatenate([truth.expression[k, :50], truth.pose[k, 3:]])
@@ -233,7 +233,7 @@ def tiny_embedding_onnx() -> bytes:
 
 def test_arcface_onnx_identity_runs_through_onnxruntime(tmp_path, analyzer):
     pytest.importorskip("onnxruntime")
-    from model.identity import ArcFaceOnnx, build_identity, cosine_similarity
+    from pipeline.eval.metrics.identity import ArcFaceOnnx, build_identity, cosine_similarity
 
     path = tmp_path / "tiny.onnx"
     path.write_bytes(tiny_embedding_onnx())
@@ -252,7 +252,7 @@ def test_arcface_onnx_identity_runs_through_onnxruntime(tmp_path, analyzer):
 
 
 def test_deep3d_estimator_names_the_files_it_needs():
-    from model.expression_estimator import build_estimator
+    from pipeline.eval.metrics.expression_estimator import build_estimator
 
     with pytest.raises(NotImplementedError, match="epoch_20.pth.*BFM_model_front.mat"):
         build_estimator("/models/deep3d", None, None, 12.0)

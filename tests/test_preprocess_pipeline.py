@@ -16,11 +16,11 @@ import pytest
 from conftest_ray import ray_cluster, s3_server  # noqa: F401
 from preprocess_fixtures import write_gagatrack, write_video
 
+from model.frame_params import PARAM_SIZE, FrameParams
 from pipeline import storage
 from pipeline.config import load_config
 from pipeline.preprocess import MANIFEST, SHARD_INDEX, run_preprocess
 from preprocessing.config import SyntheticDataConfig
-from preprocessing.frame_params import PARAM_SIZE, FrameParams
 from preprocessing.sample_format import decode_pair
 from preprocessing.video_io import VideoSource
 

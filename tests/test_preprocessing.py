@@ -14,6 +14,7 @@ import pytest
 import torch
 from preprocess_fixtures import draw_frames, make_truth, write_gagatrack, write_video
 
+from model.frame_params import PARAM_SIZE, FrameParams
 from model.geometry import euler_to_matrix, look_at_transform, project_points
 from pipeline import storage
 from pipeline.config import load_config
@@ -22,7 +23,6 @@ from preprocessing.clip import ClipSkipped, crop_clip, track_clip, track_image, 
 from preprocessing.config import PreprocessConfig, SamplingConfig, SyntheticDataConfig, TrackingConfig
 from preprocessing.detection import DlibFaceDetector, SidecarFaceDetector
 from preprocessing.evaluation import compare_with_truth, ray_aligned_rotation, rotation_angle_deg
-from preprocessing.frame_params import PARAM_SIZE, FrameParams
 from preprocessing.landmarks import DlibLandmarkDetector, SidecarLandmarkDetector
 from preprocessing.manifest import ClipRow, clip_config_hash, summarize
 from preprocessing.sample_format import decode_pair

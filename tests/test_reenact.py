@@ -67,7 +67,7 @@ def test_reenactor_equals_forward(smoke):
         assert torch.allclose(out.coarse, ref.coarse, atol=1e-4), (out.coarse - ref.coarse).abs().max()
         assert torch.allclose(out.refined, ref.refined, atol=1e-4), (out.refined - ref.refined).abs().max()
     # flat parameters (the shard layout) give the same frames
-    from preprocessing.frame_params import FrameParams
+    from model.frame_params import FrameParams
 
     flat = torch.from_numpy(np.stack([FrameParams(np.zeros(300), expression[i], pose[i], eyes[i], transform[i],
                                                   np.zeros(4)).pack() for i in range(2)]))

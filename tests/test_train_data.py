@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from model.frame_params import FrameParams
 from pipeline.data import MockPairSource, PrefetchingLoader, ShardPairSource, collate_pairs
-from preprocessing.frame_params import FrameParams
 from preprocessing.sample_format import encode_pair, sample_key
 
 

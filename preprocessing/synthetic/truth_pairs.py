@@ -10,7 +10,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from ..frame_params import FrameParams
+from model.frame_params import FrameParams
+
 from ..sample_format import encode_pair, sample_key
 from ..sidecar import ClipGroundTruth, load_sidecar
 from .video import read_video

@@ -4,9 +4,9 @@
    the driver picks the pairs (all, or ``eval.max_pairs_per_clip`` per clip) and the grid pairs.
 2. **read** (CPU tasks, ``eval.cpus_per_reader``): the chosen samples, images still encoded.
 3. **render** (actor pool, ``map_batches``; one GPU per actor when the cluster has GPUs):
-   :class:`pipeline.eval_stages.RenderStage` — reconstruct each source once, render every pair
+   :class:`pipeline.eval.stages.RenderStage` — reconstruct each source once, render every pair
    (source shape + driver expression/jaw/eyes/camera).
-4. **metrics** (CPU actor pool): :class:`pipeline.eval_stages.MetricStage` — alignment, PSNR,
+4. **metrics** (CPU actor pool): :class:`pipeline.eval.stages.MetricStage` — alignment, PSNR,
    SSIM, LPIPS, CSIM, AED, APD, AKD per frame.
 5. **report** (driver): aggregates, Table 1 beside the paper's rows, per-clip/per-frame CSVs,
    grid image; written next to the checkpoint (or ``eval.output_dir``) and to wandb (offline
@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import eval_report, storage
+from .. import storage
+from ..config import ExperimentConfig
+from ..configtools import to_dict
 from . import paper_results as paper
-from .config import ExperimentConfig
-from .configtools import to_dict
-from .eval_data import index_shard, read_selected, select_pairs
-from .eval_model import CheckpointInfo, inspect_checkpoint
-from .eval_stages import MetricStage, RenderStage, metric_fallback_warnings, metric_network_names
+from . import report as eval_report
+from .checkpoints import CheckpointInfo, inspect_checkpoint
+from .data import index_shard, read_selected, select_pairs
+from .stages import MetricStage, RenderStage, metric_fallback_warnings, metric_network_names
 
 log = logging.getLogger("gaga.eval")
 

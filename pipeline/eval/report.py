@@ -144,7 +144,7 @@ def grid_png(panels: list[tuple[str, bytes]], header: str = "") -> bytes:
     ``header`` (e.g. "NOT comparable: random weights …") in a red strip on top."""
     from PIL import Image, ImageDraw
 
-    from .data import encode_png
+    from ..data import encode_png
 
     rows = []
     width = 3 * 256

@@ -40,7 +40,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 class DlibIdentity:
-    def __init__(self, analyzer) -> None:  # model.face_analysis.DlibFaceAnalyzer
+    def __init__(self, analyzer) -> None:  # face_analysis.DlibFaceAnalyzer
         self.analyzer = analyzer
         self.name = analyzer.descriptor_name
 

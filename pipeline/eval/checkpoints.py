@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from . import storage
-from .checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
-from .config import ExperimentConfig, load_config
+from .. import storage
+from ..checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
+from ..config import ExperimentConfig, load_config
 
 PAPER_STEPS = 200_000
 

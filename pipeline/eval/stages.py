@@ -1,4 +1,4 @@
-"""The two actor stages of the evaluation job (pipeline/evaluate.py), usable without Ray too.
+"""The two actor stages of the evaluation job (pipeline/eval/run.py), usable without Ray too.
 
 - :class:`RenderStage` (GPU when the cluster has one): holds the model and FLAME; per batch of
   pairs it reconstructs each *new* source once (an LRU cache of reconstructions: every test clip
@@ -6,7 +6,7 @@
   source's shape and the driver's expression/jaw/eyes, seen by the driver's camera (the official
   inference). It also projects each frame's tracked FLAME landmarks (the alignment fallback).
 - :class:`MetricStage` (CPU): holds dlib, the identity network, the 3DMM estimator and LPIPS
-  (:class:`model.face_metrics.FaceMetrics`) and turns every rendered pair into one row of numbers.
+  (:class:`pipeline.eval.metrics.face_metrics.FaceMetrics`) and turns every rendered pair into one row of numbers.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ExperimentConfig
-from .eval_model import CheckpointInfo, inspect_checkpoint, load_flame, load_model
+from ..config import ExperimentConfig
+from .checkpoints import CheckpointInfo, inspect_checkpoint, load_flame, load_model
 
 PANEL_TILE = 256  # grid tiles (source | driver | result), pixels
 SOURCE_CACHE = 16  # reconstructions kept per render actor
@@ -139,7 +139,7 @@ class RenderStage:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from preprocessing.frame_params import split_params
+        from model.frame_params import split_params
 
         t0 = time.perf_counter()
         keys = [str(k) for k in batch["key"]]
@@ -175,7 +175,7 @@ class RenderStage:
 def metric_network_names(cfg: ExperimentConfig) -> dict[str, str]:
     """What computes each metric under ``cfg`` (what :func:`build_face_metrics` builds), for the
     results; fallbacks say what they fall back from."""
-    from model.face_analysis import DlibFaceAnalyzer
+    from .metrics.face_analysis import DlibFaceAnalyzer
 
     ev = cfg.eval
     alexnet = ev.alexnet_weights or cfg.loss.alexnet_weights
@@ -218,12 +218,13 @@ def metric_fallback_warnings(cfg: ExperimentConfig) -> list[str]:
 def build_face_metrics(cfg: ExperimentConfig, info: CheckpointInfo | None = None):
     """FaceMetrics for ``cfg.eval`` on the CPU. The estimator's FLAME is the checkpoint's (the
     FLAME the test data was tracked with, when they match)."""
-    from model.expression_estimator import build_estimator
-    from model.face_analysis import DlibFaceAnalyzer
-    from model.face_metrics import FaceMetrics
     from model.flame import FlameModel
-    from model.identity import build_identity
     from model.metrics import build_lpips_metric
+
+    from .metrics.expression_estimator import build_estimator
+    from .metrics.face_analysis import DlibFaceAnalyzer
+    from .metrics.face_metrics import FaceMetrics
+    from .metrics.identity import build_identity
 
     ev = cfg.eval
     used = info.config if info is not None else cfg
@@ -238,7 +239,7 @@ def build_face_metrics(cfg: ExperimentConfig, info: CheckpointInfo | None = None
 def _panel(source: np.ndarray, driver: np.ndarray, result: np.ndarray) -> bytes:
     from PIL import Image
 
-    from .data import encode_png
+    from ..data import encode_png
 
     tiles = [np.asarray(Image.fromarray(np.asarray(t)).resize((PANEL_TILE, PANEL_TILE), Image.Resampling.BILINEAR))
              for t in (source, driver, result)]

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .geometry import matrix_to_euler
+from model.geometry import matrix_to_euler
 
 _RIGHT_EYE, _LEFT_EYE = slice(36, 42), slice(42, 48)
 # look_at_transform's base rotation (PyTorch3D look-at from +z): R = Rhᵀ·R0 with R0 = R0⁻¹

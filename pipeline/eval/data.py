@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
+from .. import storage
 
 _KEY = re.compile(r"^(?P<clip>.+)_(?P<src>\d+)_(?P<tgt>\d+)$")
 IMAGE_MEMBERS = ("jpg", "png", "jpeg")
@@ -101,7 +101,7 @@ def select_pairs(index: list[dict[str, Any]], max_per_clip: int, grid_pairs: int
 def read_selected(item: dict[str, Any], options: storage.S3Options | None = None) -> list[dict[str, Any]]:
     """Ray Data flat_map: {url, split, keys (JSON {key: in_grid})} → the chosen samples as rows with
     encoded images, float32 parameters and the pair's identity."""
-    from preprocessing.frame_params import PARAM_SIZE
+    from model.frame_params import PARAM_SIZE
 
     wanted: dict[str, bool] = json.loads(item["keys"])
     rows = []

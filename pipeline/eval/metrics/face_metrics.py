@@ -10,7 +10,7 @@ give a square box ×``align_scale`` (3) around the face; that box crops both the
 and the result, and the crops are resized to ``size`` again. The source is aligned the same way
 by its own keypoints.
 
-- CSIM: cosine similarity of identity embeddings (:mod:`model.identity`) of the aligned result and
+- CSIM: cosine similarity of identity embeddings (:mod:`pipeline.eval.metrics.identity`) of the aligned result and
   of the aligned **source** image (``csim_reference="source"``: identity preservation, what CSIM
   measures in this line of work; the paper's choice for self-reenactment is unverified) or of the
   aligned driving frame (``"driver"``). Cross-reenactment always compares with the source.
@@ -18,7 +18,7 @@ by its own keypoints.
   of the aligned driving frame; each detected by dlib's HOG detector on its own crop, the
   predictor started from the driving frame's face box when the detector finds nothing.
 - AED / APD: mean L1 distance of the expression / head-pose coefficients that the 3DMM estimator
-  (:mod:`model.expression_estimator`) finds in the aligned result and the aligned driving frame.
+  (:mod:`pipeline.eval.metrics.expression_estimator`) finds in the aligned result and the aligned driving frame.
 
 :class:`FaceMetrics` holds the networks (built once per worker) and caches the analysis of
 sources and driving frames by key, since the same frames recur across pairs.
@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.metrics import psnr, ssim
+
 from .alignment import alignment_box, box_points, crop_resize, five_points, resize_to
 from .expression_estimator import ExpressionPose, ExpressionPoseEstimator
 from .face_analysis import box_from_points
 from .identity import IdentityEncoder, cosine_similarity, to_uint8
-from .metrics import psnr, ssim
 
 SELF_METRICS = ("psnr", "ssim", "lpips", "csim", "aed", "apd", "akd")
 CROSS_METRICS = ("csim", "aed", "apd")
@@ -88,7 +89,7 @@ class _LRU(OrderedDict):
 
 
 class FaceMetrics:
-    """Per-frame Table 1 metrics. ``analyzer``: :class:`model.face_analysis.DlibFaceAnalyzer`;
+    """Per-frame Table 1 metrics. ``analyzer``: :class:`pipeline.eval.metrics.face_analysis.DlibFaceAnalyzer`;
     ``lpips``: a module (x, y [B,3,H,W] in [0,1] → [B]) or None (LPIPS left out)."""
 
     def __init__(self, analyzer, identity: IdentityEncoder, estimator: ExpressionPoseEstimator,
