@@ -177,7 +177,7 @@ def main() -> None:
         print(json.dumps(result, indent=1, default=float))
         return
     root = ensure_dataset(synth)
-    result["dataset"]["path"] = str(root)
+    result["dataset"]["cache_key"] = root.name  # under the generated-data cache, not a machine path
     clips = dataset_clips(root)
     result["per_cpu_core"] = bench_stages(clips, cfg, flame, "cpu")
     result["dlib_per_frame"] = bench_dlib(cfg.preprocess)

@@ -14,21 +14,12 @@ import inspect
 import pkgutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _bench_package():
-    """``bench`` is not installed with the package (it lives beside it): import it from the repo."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module("bench")
+import bench
 
 
 def available() -> list[str]:
-    pkg = _bench_package()
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
-
-# A local Ray cluster must listen on 127.0.0.1 only; Ray reads this when it is imported, so it is
-# set here, before any entry point imports Ray (harmless when joining a real cluster).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.configtools import ConfigError
@@ -34,7 +29,3 @@ def resolve_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Exper
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def not_implemented(command: str, issue: str) -> None:
-    sys.exit(f"{command}: not implemented yet (tracked in the issue '{issue}')")

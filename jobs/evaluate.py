@@ -22,8 +22,8 @@ from jobs.common import config_parser, resolve_config, setup_logging
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="our checkpoint directory (model.pt + config.yaml) or the released "
-                                             "GAGAvatar.pt (eval.checkpoint)")
+    parser.add_argument("--checkpoint", help="a run folder (its newest intact checkpoint), one checkpoint folder, "
+                                             "or the released GAGAvatar.pt (eval.checkpoint)")
     parser.add_argument("--shards", help="<test_self prefix>,<test_cross prefix> (either may be empty; default: "
                                          "data.test_self_shards, data.test_cross_shards)")
     parser.add_argument("--out", help="output folder or s3:// prefix (eval.output_dir; default: <checkpoint>/eval)")
@@ -42,11 +42,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = resolve_config(args, extra)
     setup_logging()
 
+    from pipeline.checkpoint import CheckpointError
     from pipeline.eval.run import run_evaluation
     from pipeline.ray_cluster import ensure_ray
+    from pipeline.storage import StorageError
 
-    ensure_ray()
-    report = run_evaluation(cfg)
+    try:
+        ensure_ray()
+        report = run_evaluation(cfg)
+    except (CheckpointError, FileNotFoundError, StorageError) as exc:
+        sys.exit(f"gaga-eval: {exc}")
     print(json.dumps({"self": report["self"], "cross": report["cross"], "warnings": report["warnings"],
                       "files": report["files"]}, indent=1, default=str))
 

@@ -6,8 +6,10 @@
     gaga-preprocess --import-gagatrack outputs/vfhq_tracked --output data/shards
     ray job submit --working-dir . -- gaga-preprocess --input s3://... --output s3://...   # any cluster
 
-Everything else is config: ``--set preprocess.detector=sidecar``, ``--set preprocess.crop.size=256``.
-Prints the summary JSON (also written to ``<output>/summary.json``).
+Everything else is config: ``--set preprocess.detector=sidecar``, ``--set preprocess.crop.size=256``,
+``--set preprocess.landmarks=mediapipe``. Single images directly in the input folder are stills
+(single-frame sources). Prints the summary JSON (also written to ``<output>/summary.json``) and,
+on stderr, a note per clip where several faces were seen (which one was kept: docs/preprocessing.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = resolve_config(args, extra)
     setup_logging()
 
-    from pipeline.preprocess import run_import_gagatrack, run_preprocess
+    from pipeline.preprocess import run_preprocess
+    from pipeline.preprocess_import import run_import_gagatrack
     from pipeline.ray_cluster import ensure_ray
 
     ensure_ray()
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = run_preprocess(cfg)
     json.dump(summary, sys.stdout, indent=1, sort_keys=True)
     print()
+    for clip, note in sorted(summary.get("several_faces", {}).items()):
+        print(f"note: {clip}: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

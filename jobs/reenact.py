@@ -14,6 +14,7 @@ the frames as PNGs (``<out>_frames/`` or ``--frames``); prints a summary as JSON
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 from jobs.common import config_parser, resolve_config, setup_logging
@@ -21,7 +22,8 @@ from jobs.common import config_parser, resolve_config, setup_logging
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = config_parser(__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=False, help="our checkpoint directory or the released GAGAvatar.pt")
+    parser.add_argument("--checkpoint", required=False, help="a run folder (its newest intact checkpoint), one "
+                                                             "checkpoint folder, or the released GAGAvatar.pt")
     parser.add_argument("--source", required=True, help="source image (any photo with one face), or a tracked shard prefix")
     parser.add_argument("--source-clip", default=None, help="with a shard prefix as source: the clip id (default: the first)")
     parser.add_argument("--driver", required=True, help="driver: a video (.mp4, …), an image, or a tracked shard prefix")
@@ -34,11 +36,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = resolve_config(args, [f"eval.checkpoint={args.checkpoint}"] if args.checkpoint else [])
     setup_logging()
 
+    from pipeline.checkpoint import CheckpointError
     from pipeline.reenact import run_reenact
+    from pipeline.storage import StorageError
 
-    summary = run_reenact(cfg, cfg.eval.checkpoint, args.source, args.driver, args.out, frames_dir=args.frames,
-                          clip=args.driver_clip, side_by_side=False if args.no_side_by_side else None,
-                          device=args.device, source_clip=args.source_clip)
+    try:
+        summary = run_reenact(cfg, cfg.eval.checkpoint, args.source, args.driver, args.out, frames_dir=args.frames,
+                              clip=args.driver_clip, side_by_side=False if args.no_side_by_side else None,
+                              device=args.device, source_clip=args.source_clip)
+    except (CheckpointError, FileNotFoundError, StorageError, ValueError) as exc:
+        sys.exit(f"gaga-reenact: {exc}")
     print(json.dumps(summary, indent=1, default=str))
 
 

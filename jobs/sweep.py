@@ -35,6 +35,9 @@ def main() -> None:
         if args.dry_run:
             print(dry_run(spec, args.overrides))
             return
+        from pipeline.ray_cluster import ensure_ray
+
+        ensure_ray()
         result = run_sweep(spec, args.overrides)
     except ConfigError as exc:
         sys.exit(f"sweep config error: {exc}")

@@ -94,7 +94,11 @@ class RendererConfig:
     max_channels: int = 256  # UNet width cap (StyleGAN decoder: 2×)
     style_dim: int = 512
     style_mlp_layers: int = 8
-    noise: bool = True  # random noise injection (the released model uses it at inference too); False: none
+    # StyleGAN noise injection. true: fresh random noise at every call, inference included (the
+    # released model's randomize_noise=True); "stored": the decoder's 15 fixed noise maps
+    # (stylegan_decoder.noises.noiseN, its randomize_noise=False path: bit-reproducible renders);
+    # false: none (the noise strengths are then frozen)
+    noise: Literal[True, False, "stored"] = True
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,10 @@ class LossConfig:
     lpips_weights: str | None = None  # lpips' weights/v0.1/alex.pth; None: from the lpips package
     lifting_weight: float = 10.0  # 0 disables the lifting loss (ablation)
     lifting_chunk_size: int = 1024  # FLAME vertices per nearest-neighbour chunk
-    # on CUDA: "fused", one torch.compile'd reduction (no [B,V,P] distance tensor); "triton", one
-    # tiled Triton kernel (model/nearest_triton.py); "chunked": matmul blocks (always used on CPU)
-    lifting_search: Literal["fused", "chunked", "triton"] = "fused"
+    # on CUDA: "triton", one tiled Triton kernel (model/nearest_triton.py); "fused", one
+    # torch.compile'd reduction (no [B,V,P] distance tensor; 16 ms of a training step on an H100);
+    # "chunked": matmul blocks (always used on CPU). All three are exhaustive (exact nearest point).
+    lifting_search: Literal["fused", "chunked", "triton"] = "triton"
     lifting_point_chunk_size: int = 16384  # lifted points per nearest-neighbour chunk
     ssim_weight: float = 0.0  # weight of 0.5·[(1−SSIM coarse) + (1−SSIM refined)], full image
 

@@ -150,7 +150,9 @@ class DinoVisionTransformer(nn.Module):
 
     def get_intermediate_layers(self, images: torch.Tensor, n: int = 4) -> list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each through the final LayerNorm, class token
-        stripped, as [B, C, H/p, W/p] maps (token 0 = the top-left patch)."""
+        stripped, as [B, C, H/p, W/p] maps (token 0 = the top-left patch). The maps are views of
+        the token tensors, channels-last in memory (no transpose copy; the convolutions that read
+        them run channels-last)."""
         B, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
         x = self.prepare_tokens(images)
@@ -159,7 +161,7 @@ class DinoVisionTransformer(nn.Module):
         for i, blk in enumerate(self.blocks):
             x = blk(x)
             if i >= first:
-                outputs.append(self.norm(x)[:, 1:].transpose(1, 2).reshape(B, -1, h, w))
+                outputs.append(self.norm(x)[:, 1:].reshape(B, h, w, -1).permute(0, 3, 1, 2))
         return outputs
 
 

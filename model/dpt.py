@@ -17,6 +17,16 @@ from model.config import BackboneConfig, DecoderConfig
 from model.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoVisionTransformer
 
 
+def channels_last_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory when ``reference`` (4-D) is laid out that way, else ``x``:
+    a concatenation of tensors of two layouts would come out in the default layout, and every
+    convolution after it would pay for a conversion."""
+    if reference.dim() == 4 and not reference.is_contiguous() and reference.is_contiguous(
+            memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def resize_antialiased(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinear resize with antialiasing (torchvision's tensor ``resize(antialias=True)``)."""
     if images.shape[-2:] == (height, width):
@@ -93,7 +103,7 @@ class DPTDecoder(nn.Module):
         levels = []
         for i, fmap in enumerate(vit_maps):
             x = self.resize_layers[i](self.projects[i](fmap))
-            guide = resize_antialiased(images, x.shape[-2], x.shape[-1]).to(x.dtype)
+            guide = channels_last_like(resize_antialiased(images, x.shape[-2], x.shape[-1]).to(x.dtype), x)
             levels.append(self.layer_rn[i](torch.cat([guide, x], dim=1)))
         path = self.refinenet[0](levels[3], size=levels[2].shape[-2:])
         path = self.refinenet[1](path, levels[2], size=levels[1].shape[-2:])

@@ -1,7 +1,7 @@
 """FLAME as a differentiable layer: linear blend skinning with shape, expression, pose correctives,
 global/neck/jaw/eye joints, GAGAvatar's ×5 scale, and 68 + 2 landmarks through the embedding.
 
-Parameters follow the GAGAvatar tracker (spec §2.2): ``shape`` [B,300], ``expression`` [B,100],
+Parameters follow the GAGAvatar tracker (docs/released_model.md, 'Constants'): ``shape`` [B,300], ``expression`` [B,100],
 ``pose`` [B,6] = global rotation (3, zero in tracker output) + jaw (3), ``eyes`` [B,6] (two
 eyeball axis-angles). Neck pose is fixed to zero unless given.
 """

@@ -1,6 +1,6 @@
 """Reading the FLAME head model from the files people actually have, without chumpy.
 
-Two layouts are accepted (spec §2.1):
+Two layouts are accepted (docs/released_model.md):
 - ``generic_model.pkl`` of FLAME 2020: a Python-2 pickle whose arrays are partly ``chumpy.ch.Ch``
   objects and whose joint regressor is a ``scipy.sparse`` matrix. chumpy no longer imports on
   current numpy, so the pickle is read with a restricted unpickler that knows only the handful of

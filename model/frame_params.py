@@ -1,4 +1,4 @@
-"""Per-frame tracking parameters in the GAGAvatar tracker's convention (spec §2.3), and their
+"""Per-frame tracking parameters in the GAGAvatar tracker's convention (docs/released_model.md, 'Tracker convention'), and their
 flat float32 layout inside WebDataset samples (``source.params.npy`` / ``target.params.npy``)."""
 
 from __future__ import annotations

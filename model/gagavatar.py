@@ -14,6 +14,7 @@ the network owns neither its loss, nor its perceptual network, nor FLAME.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
@@ -32,6 +33,25 @@ from model.gaussian_heads import (
 from model.geometry import intrinsics, transform_to_viewmat
 from model.rasterizer import CovarianceFromQuatScale, RenderOutput, render_gaussians
 from model.style_unet import StyleUNet
+
+
+def convs_channels_last_(module: nn.Module) -> nn.Module:
+    """Convolution weights of ``module`` in channels-last (NHWC) memory, in place (the same
+    Parameter objects; values, shapes and state-dict keys unchanged). cuDNN's bf16 kernels are
+    NHWC: with NCHW weights and activations every convolution, forward and backward, pays for
+    layout conversions. StyleGAN's modulated weights [1,out,in,k,k] get NHWC strides for the
+    [out,in,k,k] slice the convolution reads; other parameters (biases [1,C,1,1], constants)
+    are left alone."""
+    from model.style_unet import ModulatedConv2d
+
+    with torch.no_grad():
+        for m in module.modules():
+            w = getattr(m, "weight", None)
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and w is not None and w.dim() == 4:
+                w.data = w.data.contiguous(memory_format=torch.channels_last)
+            elif isinstance(m, ModulatedConv2d):
+                w.data = w.data[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
+    return module
 
 
 @dataclass
@@ -164,9 +184,10 @@ class GAGAvatar(nn.Module):
     # ------------------------------------------------------------------ rendering
 
     def splat(self, cache: AvatarCache, expression_vertices: torch.Tensor,
-              target_transform: torch.Tensor) -> RenderOutput:
+              target_transform: torch.Tensor, render_depth: bool | None = None) -> RenderOutput:
         """Rasterize [expression | lifted] Gaussians seen from ``target_transform`` [B,3,4];
-        returns the rasterizer's RenderOutput (float32, outside autocast)."""
+        returns the rasterizer's RenderOutput (float32, outside autocast). ``render_depth``
+        overrides ``rasterizer.render_depth`` (training needs no depth: one channel less)."""
         H = W = self.camera.image_size
         B = expression_vertices.shape[0]
         attrs = GaussianAttributes.cat([cache.expression, cache.lifted])
@@ -176,18 +197,22 @@ class GAGAvatar(nn.Module):
             cov = self.covariance(attrs.rotations.float(), attrs.scales.float())
             viewmats = transform_to_viewmat(target_transform.float())
             Ks = intrinsics(self.camera.focal, W, H, (B,), dtype=torch.float32, device=device)
+            config = self.rasterizer
+            if render_depth is not None and render_depth != config.render_depth:
+                config = dataclasses.replace(config, render_depth=render_depth)
             return render_gaussians(
                 means, None, None, attrs.opacities.float(), attrs.colors.float(), viewmats, Ks, W, H,
-                covariances=cov, config=self.rasterizer,
+                covariances=cov, config=config,
             )
 
     def render(self, cache: AvatarCache, expression_vertices: torch.Tensor,
-               target_transform: torch.Tensor) -> AvatarOutput:
+               target_transform: torch.Tensor, render_depth: bool | None = None) -> AvatarOutput:
         """cache from :meth:`reconstruct`; expression_vertices [B,V,3] FLAME (×5) vertices of the
-        driving expression; target_transform [B,3,4] → :class:`AvatarOutput`."""
+        driving expression; target_transform [B,3,4] → :class:`AvatarOutput` (``render_depth``:
+        see :meth:`splat`)."""
         if expression_vertices.shape[1] != self.config.num_vertices:
             raise ValueError(f"expected {self.config.num_vertices} expression vertices, got {expression_vertices.shape[1]}")
-        out = self.splat(cache, expression_vertices, target_transform)
+        out = self.splat(cache, expression_vertices, target_transform, render_depth)
         features = out.image
         coarse = features[:, :3]
         refined = self.upsampler(features) if self.upsampler is not None else coarse
@@ -197,7 +222,9 @@ class GAGAvatar(nn.Module):
         )
 
     def forward(self, source_image: torch.Tensor, source_transform: torch.Tensor,
-                target_vertices: torch.Tensor, target_transform: torch.Tensor) -> AvatarOutput:
+                target_vertices: torch.Tensor, target_transform: torch.Tensor,
+                render_depth: bool | None = None) -> AvatarOutput:
         """Training path: ``render(reconstruct(source_image, source_transform), target_vertices,
-        target_transform)``. Shapes as in those two methods."""
-        return self.render(self.reconstruct(source_image, source_transform), target_vertices, target_transform)
+        target_transform, render_depth)``. Shapes as in those two methods."""
+        return self.render(self.reconstruct(source_image, source_transform), target_vertices, target_transform,
+                           render_depth)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.dpt import channels_last_like
 from model.geometry import camera_center, camera_forward
 
 
@@ -107,7 +108,7 @@ class ConvGaussianHead(nn.Module):
         """features [B,F,S,S], dir_encoding [B,D] → attributes [B,S²,·] (row-major) and t [B,S²,1]."""
         B, _, H, W = features.shape
         enc = dir_encoding[:, :, None, None].to(features.dtype).expand(-1, -1, H, W)
-        out = self.gaussian_conv(torch.cat([features, enc], dim=1))
+        out = self.gaussian_conv(channels_last_like(torch.cat([features, enc], dim=1), features))
         C = self.channels
         colors = out[:, :C]
         if self.official_color_quirk:
@@ -122,7 +123,7 @@ class ConvGaussianHead(nn.Module):
             F.normalize(out[:, C + 4:C + 8], dim=1),
             torch.sigmoid(out[:, C + 8:C + 9]),
         ], dim=1)
-        params = params.permute(0, 2, 3, 1).reshape(B, H * W, C + 9)
+        params = params.permute(0, 2, 3, 1).reshape(B, H * W, C + 9)  # a view when channels-last
         attrs = GaussianAttributes(
             colors=params[..., :C], opacities=params[..., C:C + 1],
             scales=params[..., C + 1:C + 4], rotations=params[..., C + 4:C + 8],

@@ -27,15 +27,18 @@ class CheckpointMismatch(RuntimeError):
     """A checkpoint whose keys or shapes do not fit the model; the message lists them."""
 
 
-def _read(path_or_state: str | Path | Mapping[str, Any], trust_pickle: bool) -> tuple[dict, dict]:
-    """→ (state_dict, meta_cfg). Accepts a path, a ``{"model", "meta_cfg"}`` dict or a state dict."""
+def _read(path_or_state: str | Path | Mapping[str, Any]) -> tuple[dict, dict]:
+    """→ (state_dict, meta_cfg). Accepts a path, a ``{"model", "meta_cfg"}`` dict or a state dict.
+    Files are read with ``weights_only=True``: a file that needs Python objects to be rebuilt is
+    refused, never unpickled (docs/model.md says how to re-save such a file once)."""
     if isinstance(path_or_state, (str, Path)):
         try:
-            obj = torch.load(path_or_state, map_location="cpu", weights_only=not trust_pickle)
+            obj = torch.load(path_or_state, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise CheckpointMismatch(
-                f"{path_or_state}: holds Python objects beyond tensors and plain containers (its meta_cfg?); "
-                "if you trust the file, call load_official(..., trust_pickle=True)"
+                f"{path_or_state}: holds Python objects beyond tensors and plain containers "
+                f"({str(exc).splitlines()[0][:160]}); they are never unpickled — re-save the file as plain "
+                "tensors once in an environment you trust (docs/model.md, 'Loading the released weights')"
             ) from exc
     else:
         obj = path_or_state
@@ -82,12 +85,12 @@ def _mismatch_report(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) 
 
 def load_official(path_or_state: str | Path | Mapping[str, Any], model: GAGAvatar | None = None,
                   config: ModelConfig | None = None, camera: CameraConfig | None = None,
-                  rasterizer: RasterizerConfig | None = None, trust_pickle: bool = False) -> GAGAvatar:
+                  rasterizer: RasterizerConfig | None = None) -> GAGAvatar:
     """Load the released ``GAGAvatar.pt`` (or a dict in its layout) into ``model``, or into a new
     GAGAvatar built from ``config`` (default: the released architecture) with the checkpoint's
     plane size. Strict except for ``percep_loss.*``; raises :class:`CheckpointMismatch` naming
     every missing/unexpected key and shape mismatch. Returns the model."""
-    state, meta = _read(path_or_state, trust_pickle)
+    state, meta = _read(path_or_state)
     if model is None:
         model = GAGAvatar(config_from_meta(meta, config), camera or CameraConfig(), rasterizer or RasterizerConfig())
     report = _mismatch_report(model, state)

@@ -5,7 +5,7 @@
   ``net.sliceK.N`` layout or the released ``GAGAvatar.pt`` (``percep_loss.net.sliceK.N``).
 - :class:`LPIPS`: LPIPS v0.1 with that AlexNet and lpips' learned linear heads
   (``weights/v0.1/alex.pth`` inside the installed lpips package, found without importing it).
-- :class:`VGGFaceFeatures` and :class:`FacePerceptualLoss`: the released loss (spec §3.1).
+- :class:`VGGFaceFeatures` and :class:`FacePerceptualLoss`: the released loss (docs/released_model.md, 'Training recipe').
 - :func:`build_perceptual`: what ``LossConfig.perceptual`` asks for.
 """
 

@@ -299,9 +299,14 @@ def generate_head(seed: int = 0) -> FlameAssets:
 
 
 def default_cache_dir() -> Path:
-    """``$GAGA_CACHE_DIR`` or ``<repo>/.cache`` (git-ignored)."""
+    """``$GAGA_CACHE_DIR``, else the user's cache folder (``$XDG_CACHE_HOME/gagavatar-ray``,
+    ``~/.cache/gagavatar-ray`` on Linux): never beside the installed package."""
     env = os.environ.get("GAGA_CACHE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache"
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("gagavatar-ray", appauthor=False))
 
 
 def write_generated_head(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:

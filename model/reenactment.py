@@ -2,7 +2,7 @@
 the rasterizer and the neural renderer (spec §1.8, the released ``forward_expression``).
 
     reenactor = Reenactor(model, flame, ReenactOptions.fast())      # or ReenactOptions() (eager fp32)
-    reenactor.set_source(image, shape, transform)                  # [1,3,H,W], [1,300], [1,3,4]
+    reenactor.set_source(image, shape, transform)                  # [S,3,H,W], [S,300], [S,3,4]
     out = reenactor(expression, pose, eyes, transform)             # driver codes [B,·] → AvatarOutput
 
 What is cached at :meth:`Reenactor.set_source`: every Gaussian attribute of both branches, merged
@@ -12,7 +12,12 @@ shape. Per frame: FLAME vertices from the *source* shape + the driver's expressi
 the official inference does), the driver's camera, splatting, StyleUNet. In eager fp32 mode the
 result equals ``model(source_image, source_transform, vertices, target_transform)``.
 
-Optimised mode (:meth:`ReenactOptions.fast`, CUDA, batch 1, static shapes):
+Several streams at once: ``set_source`` takes S sources, and a call renders B driver frames in
+one batch, frame i from source ``sources[i]`` (default ``i mod S``: one source driven B ways, or
+B sources each with its driver). The Gaussians of each frame's source are gathered once into
+per-frame buffers when the assignment changes, not per frame.
+
+Optimised mode (:meth:`ReenactOptions.fast`, CUDA, static shapes):
 - the FLAME + camera work is one captured CUDA graph writing into static buffers (the vertices go
   straight into the first V rows of a preallocated ``means`` buffer whose other rows hold the
   lifted centres), so there is no per-frame concatenation or allocation;
@@ -22,8 +27,10 @@ Optimised mode (:meth:`ReenactOptions.fast`, CUDA, batch 1, static shapes):
   inside gsplat — the only one per frame;
 - the StyleUNet (78% of the released frame time, spec §10) runs in bf16 autocast, channels-last,
   optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer.
-Outputs of the optimised mode are views of static buffers, overwritten by the next frame: clone
-what you keep. Nothing here calls ``.item()`` or moves data to the host.
+The graphs are captured for the batch size and source assignment of the first call and
+recaptured when those change. Outputs of the optimised mode are views of static buffers,
+overwritten by the next frame: clone what you keep. Nothing per frame calls ``.item()`` or moves
+data to the host.
 """
 
 from __future__ import annotations
@@ -103,9 +110,9 @@ def _autocast(device: torch.device, precision: str, cache: bool = True) -> conte
 
 
 class SourceFlame(nn.Module):
-    """FLAME with one fixed (source) shape, for the per-frame work: the shape blend and the rest
-    joints are computed once by :meth:`set_shape`; :meth:`forward` skins the expression, jaw and
-    eyes. Same LBS as :class:`model.flame.FlameModel` (which concatenates shape and expression
+    """FLAME with fixed (source) shapes, for the per-frame work: the shape blends and the rest
+    joints of S sources are computed once by :meth:`set_shape`; :meth:`forward` skins the
+    expression, jaw and eyes. Same LBS as :class:`model.flame.FlameModel` (which concatenates shape and expression
     coefficients; equal up to float rounding), without landmarks, and with no host→device copy
     (FlameModel indexes joints with a Python list), so it can be captured in a CUDA graph."""
 
@@ -125,17 +132,27 @@ class SourceFlame(nn.Module):
 
     @torch.no_grad()
     def set_shape(self, shape: torch.Tensor) -> None:
-        """shape [1, n_shape]; written in place (captured graphs read these buffers)."""
+        """shape [S, n_shape]; written in place when S is unchanged (captured graphs read these
+        buffers), else the buffers are replaced."""
         v = self.v_template + torch.einsum("bk,vck->bvc", shape.to(self.v_template), self.shape_dirs)
-        self.v_shaped.copy_(v)
-        self.joints.copy_(torch.einsum("jv,bvc->bjc", self.j_regressor, v))
+        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v)
+        if v.shape == self.v_shaped.shape:
+            self.v_shaped.copy_(v)
+            self.joints.copy_(joints)
+        else:
+            self.v_shaped, self.joints = v, joints
 
-    def forward(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
-        """expression [B,E], pose [B,6] (global, jaw), eyes [B,6] → vertices [B,V,3] ×scale."""
+    def forward(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
+                source_index: torch.Tensor | None = None) -> torch.Tensor:
+        """expression [B,E], pose [B,6] (global, jaw), eyes [B,6], each frame's source
+        ``source_index`` [B] (None: the one source, or frame i ↔ source i) → vertices [B,V,3] ×scale."""
         b = expression.shape[0]
         e = expression.to(self.exp_dirs.dtype)
-        v_shaped = self.v_shaped + torch.einsum("be,vce->bvc", e, self.exp_dirs)
-        rest = self.joints + torch.einsum("be,jce->bjc", e, self.joint_exp_dirs)  # [B,J,3]
+        v_shaped, joints = self.v_shaped, self.joints
+        if source_index is not None:
+            v_shaped, joints = v_shaped.index_select(0, source_index), joints.index_select(0, source_index)
+        v_shaped = v_shaped + torch.einsum("be,vce->bvc", e, self.exp_dirs)
+        rest = joints + torch.einsum("be,jce->bjc", e, self.joint_exp_dirs)  # [B,J,3]
         neck = torch.zeros_like(pose[:, :3])
         full_pose = torch.cat([pose[:, :3], neck, pose[:, 3:], eyes], dim=1).to(e.dtype).view(b, -1, 3)
         rot = axis_angle_to_matrix(full_pose)  # [B,J,3,3]
@@ -185,7 +202,7 @@ class _Graph:
 
 
 class Reenactor:
-    """One source avatar, many driving frames. ``model`` and ``flame`` must be on the same device;
+    """Source avatars, many driving frames. ``model`` and ``flame`` must be on the same device;
     both are put in eval mode (and, with ``channels_last``, the StyleUNet's weights are converted
     in place)."""
 
@@ -214,7 +231,8 @@ class Reenactor:
         self._renderer_fn = self.renderer
         if self.renderer is not None and opts.compile:
             self._renderer_fn = torch.compile(self.renderer, mode=opts.compile_mode, dynamic=False)
-        self._cache: dict[str, torch.Tensor] | None = None
+        self._cache: dict[str, torch.Tensor] | None = None  # per source [S, ...]
+        self._slots: dict[str, Any] | None = None  # per frame of a batch [B, ...], gathered from _cache
         self._frame_graph: _Graph | None = None
         self._renderer_graph: _Graph | None = None
         self._recon_graph: _Graph | None = None
@@ -235,11 +253,16 @@ class Reenactor:
 
     # ------------------------------------------------------------------ source
 
+    @property
+    def num_sources(self) -> int:
+        return 0 if self._cache is None else self._cache["lifted_points"].shape[0]
+
     @torch.no_grad()
     def set_source(self, image: torch.Tensor, shape: torch.Tensor, transform: torch.Tensor) -> None:
-        """image [1,3,H,W] in [0,1], the source's FLAME shape [1,n_shape], its camera [1,3,4]."""
-        if image.shape[0] != 1:
-            raise ValueError(f"one source at a time, got a batch of {image.shape[0]}")
+        """S sources: images [S,3,H,W] in [0,1], FLAME shapes [S,n_shape], cameras [S,3,4]."""
+        S = image.shape[0]
+        if shape.shape[0] != S or transform.shape[0] != S:
+            raise ValueError(f"set_source: {S} images but {shape.shape[0]} shapes and {transform.shape[0]} cameras")
         dev = self.device
         image, transform = image.to(dev).float(), transform.to(dev).float()
         if self.options.cuda_graphs:
@@ -248,21 +271,21 @@ class Reenactor:
             with _autocast(dev, self.options.precision):
                 cache = self.model.reconstruct(image, transform)
         attrs = GaussianAttributes.cat([cache.expression, cache.lifted])
-        lifted = cache.lifted_points.float()
         new = {
             **self._cached_shapes(attrs),
             "opacities": attrs.opacities.float().squeeze(-1),
             "colors": attrs.colors.float(),
-            "lifted_points": lifted,
-            # [expression | lifted] centres; the first V rows are overwritten by every frame
-            "means": torch.cat([lifted.new_zeros(1, self.num_vertices, 3), lifted], dim=1),
+            "lifted_points": cache.lifted_points.float(),
         }
-        self.flame.set_shape(shape.to(dev).float().reshape(1, -1))
-        if self._cache is None or not self.options.cuda_graphs:
+        self.flame.set_shape(shape.to(dev).float().reshape(S, -1))
+        if not self.options.cuda_graphs or self._cache is None or self.num_sources != S:
             self._cache = new
-        else:  # the frame graph reads these buffers: refill them in place, it stays valid
+            self._drop_slots()
+        else:  # the graphs read the per-frame buffers: refill cache and buffers in place, they stay valid
             for key, value in new.items():
                 self._cache[key].copy_(value)
+            if self._slots is not None:
+                self._fill_slots(self._slots)
 
     def _cached_shapes(self, attrs: GaussianAttributes) -> dict[str, torch.Tensor]:
         """The Gaussians' shapes as the per-frame rasterizer call takes them. The released
@@ -277,14 +300,52 @@ class Reenactor:
             rotations, scales = torch.cat([q, rotations[:, V:]], 1), torch.cat([s, scales[:, V:]], 1)
         return {"quats": F.normalize(rotations, dim=-1), "scales": scales}
 
-    def _shape_args(self, cache: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor | None]:
-        expand = lambda key: cache[key].expand(batch, *cache[key].shape[1:]) if key in cache else None
-        return {"quats": expand("quats"), "scales": expand("scales"), "covariances": expand("covariances")}
+    # ------------------------------------------------------------------ per-frame buffers
+
+    SLOT_KEYS = ("quats", "scales", "covariances", "opacities", "colors", "lifted_points")
+
+    def _drop_slots(self) -> None:
+        """Forget the per-frame buffers and the graphs that read them (recaptured on next use)."""
+        self._slots, self._frame_graph, self._renderer_graph = None, None, None
+
+    def _slots_for(self, batch: int, sources: tuple[int, ...] | None) -> dict[str, Any]:
+        """Per-frame Gaussians for a batch whose frame i comes from source ``sources[i]``
+        (default i mod S), gathered once per assignment: [B, N, ·] buffers, ``means`` [B,N,3]
+        whose first V rows each frame's vertices overwrite, and ``index`` [B] (None for S = 1)."""
+        cache = self._require_source()
+        S = self.num_sources
+        sources = tuple(i % S for i in range(batch)) if sources is None else tuple(int(i) for i in sources)
+        if len(sources) != batch or not all(0 <= i < S for i in sources):
+            raise ValueError(f"sources must give each of the {batch} frames a source in 0…{S - 1}, got {sources}")
+        key = (batch, sources)
+        if self._slots is not None and self._slots["key"] == key:
+            return self._slots
+        self._drop_slots()
+        # one host→device copy per new assignment, not per frame
+        index = torch.tensor(sources, dtype=torch.long, device=self.device)
+        slots: dict[str, Any] = {"key": key, "index": None if S == 1 else index, "gather": index}
+        for k in self.SLOT_KEYS:
+            if k in cache:
+                slots[k] = cache[k].index_select(0, index)
+        V = self.num_vertices
+        slots["means"] = torch.cat([slots["lifted_points"].new_zeros(batch, V, 3), slots["lifted_points"]], dim=1)
+        self._slots = slots
+        return slots
+
+    def _fill_slots(self, slots: dict[str, Any]) -> None:
+        """Refill the per-frame buffers in place from a new source cache (same assignment)."""
+        for k in self.SLOT_KEYS:
+            if k in slots:
+                torch.index_select(self._cache[k], 0, slots["gather"], out=slots[k])
+        slots["means"][:, self.num_vertices:].copy_(slots["lifted_points"])
+
+    def _shape_args(self, slots: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        return {"quats": slots.get("quats"), "scales": slots.get("scales"), "covariances": slots.get("covariances")}
 
     def _graphed_reconstruct(self, image: torch.Tensor, transform: torch.Tensor):
-        """model.reconstruct as a CUDA graph captured on the first source (static input buffers;
-        a source of another size recaptures). The one-shot latency then has no launch gaps.
-        Falls back to eager (noted in ``self.notes``) if the capture fails."""
+        """model.reconstruct as a CUDA graph captured on the first sources (static input
+        buffers; sources of another count or size recapture). The one-shot latency then has no
+        launch gaps. Falls back to eager (noted in ``self.notes``) if the capture fails."""
         if self._recon_failed:
             with _autocast(self.device, self.options.precision):
                 return self.model.reconstruct(image, transform)
@@ -318,23 +379,22 @@ class Reenactor:
 
     # ------------------------------------------------------------------ per frame
 
-    def vertices(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
-        """FLAME ×5 vertices [B,V,3] of the source shape with the driver's expression [B,E],
-        pose [B,6] (global, jaw) and eyes [B,6]."""
-        self._require_source()
-        return self.flame(expression, pose, eyes)
+    def vertices(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
+                 sources: tuple[int, ...] | None = None) -> torch.Tensor:
+        """FLAME ×5 vertices [B,V,3] of the frames' source shapes with the drivers' expression
+        [B,E], pose [B,6] (global, jaw) and eyes [B,6]."""
+        slots = self._slots_for(expression.shape[0], sources)
+        return self.flame(expression, pose, eyes, slots["index"])
 
     def _viewmat(self, transform: torch.Tensor) -> torch.Tensor:
         return viewmat_from_transform(transform.float(), self._flip, self._bottom)
 
-    def _splat(self, means: torch.Tensor, transform: torch.Tensor):
-        cache = self._require_source()
+    def _splat(self, means: torch.Tensor, transform: torch.Tensor, slots: dict[str, Any]):
         b = means.shape[0]
-        expand = lambda t: t.expand(b, *t.shape[1:])
-        shapes = self._shape_args(cache, b)
+        shapes = self._shape_args(slots)
         with torch.autocast(device_type=self.device.type, enabled=False):
             return render_gaussians(
-                means, shapes["quats"], shapes["scales"], expand(cache["opacities"]), expand(cache["colors"]),
+                means, shapes["quats"], shapes["scales"], slots["opacities"], slots["colors"],
                 self._viewmat(transform), self.Ks.expand(b, 3, 3), self.size, self.size,
                 covariances=shapes["covariances"], backend=self.backend, config=self.raster_config,
             )
@@ -348,17 +408,18 @@ class Reenactor:
 
     @torch.no_grad()
     def __call__(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
-                 transform: torch.Tensor) -> AvatarOutput:
+                 transform: torch.Tensor, sources: tuple[int, ...] | None = None) -> AvatarOutput:
         """Driver codes expression [B,E], pose [B,6], eyes [B,6] and camera [B,3,4] → AvatarOutput
-        (coarse [B,3,S,S], refined [B,3,S,S] in (0,1), features, alpha)."""
+        (coarse [B,3,S,S], refined [B,3,S,S] in (0,1), features, alpha); frame i shows source
+        ``sources[i]`` (default i mod the number of sources)."""
         if self.options.cuda_graphs:
-            return self._graphed(expression, pose, eyes, transform)
-        cache = self._require_source()
-        verts = self.vertices(expression, pose, eyes).float()
-        means = torch.cat([verts, cache["lifted_points"].float().expand(verts.shape[0], -1, -1)], dim=1)
-        out = self._splat(means, transform)
+            return self._graphed(expression, pose, eyes, transform, sources)
+        slots = self._slots_for(expression.shape[0], sources)
+        verts = self.flame(expression, pose, eyes, slots["index"]).float()
+        means = torch.cat([verts, slots["lifted_points"]], dim=1)
+        out = self._splat(means, transform, slots)
         return AvatarOutput(coarse=out.image[:, :3], refined=self._refine(out.image), features=out.image,
-                            alpha=out.alpha, lifted_points=cache["lifted_points"], depth=out.depth)
+                            alpha=out.alpha, lifted_points=slots["lifted_points"], depth=out.depth)
 
     # ------------------------------------------------------------------ CUDA graphs
 
@@ -371,11 +432,9 @@ class Reenactor:
             return None
 
     def _graphed(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
-                 transform: torch.Tensor) -> AvatarOutput:
-        cache = self._require_source()
-        if expression.shape[0] != 1:
-            raise ValueError(f"the CUDA-graph path renders batch 1 (static shapes), got {expression.shape[0]}")
-        V = self.num_vertices
+                 transform: torch.Tensor, sources: tuple[int, ...] | None) -> AvatarOutput:
+        B, V = expression.shape[0], self.num_vertices
+        slots = self._slots_for(B, sources)  # a new batch size or assignment drops the graphs
         if self._frame_graph is None and "frame" not in self._eager_stages:
             self._inputs = {
                 "expression": expression.detach().clone().float(), "pose": pose.detach().clone().float(),
@@ -384,7 +443,7 @@ class Reenactor:
             inp = self._inputs
 
             def frame() -> torch.Tensor:
-                cache["means"][:, :V].copy_(self.vertices(inp["expression"], inp["pose"], inp["eyes"]))
+                slots["means"][:, :V].copy_(self.flame(inp["expression"], inp["pose"], inp["eyes"], slots["index"]))
                 return self._viewmat(inp["transform"])
 
             self._frame_graph = self._capture("FLAME/camera", frame)
@@ -395,14 +454,14 @@ class Reenactor:
                 self._inputs[key].copy_(value)
             viewmat = self._frame_graph.replay()
         else:
-            cache["means"][:, :V].copy_(self.vertices(expression, pose, eyes))
+            slots["means"][:, :V].copy_(self.flame(expression, pose, eyes, slots["index"]))
             viewmat = self._viewmat(transform)
-        shapes = self._shape_args(cache, 1)
+        shapes = self._shape_args(slots)
         with torch.autocast(device_type=self.device.type, enabled=False):
             out = render_gaussians(
-                cache["means"], shapes["quats"], shapes["scales"], cache["opacities"], cache["colors"], viewmat,
-                self.Ks, self.size, self.size, covariances=shapes["covariances"], backend=self.backend,
-                config=self.raster_config,
+                slots["means"], shapes["quats"], shapes["scales"], slots["opacities"], slots["colors"], viewmat,
+                self.Ks.expand(B, 3, 3), self.size, self.size, covariances=shapes["covariances"],
+                backend=self.backend, config=self.raster_config,
             )
         features = out.image
         if self.renderer is None:
@@ -424,10 +483,10 @@ class Reenactor:
                 self._renderer_graph = self._capture("neural renderer", refine)
                 if self._renderer_graph is None:
                     self._eager_stages.add("renderer")
-                    return self._graphed(expression, pose, eyes, transform)
+                    return self._graphed(expression, pose, eyes, transform, sources)
             refined = self._replay_renderer(features)
         return AvatarOutput(coarse=features[:, :3], refined=refined, features=features, alpha=out.alpha,
-                            lifted_points=cache["lifted_points"], depth=out.depth)
+                            lifted_points=slots["lifted_points"], depth=out.depth)
 
     def _replay_renderer(self, features: torch.Tensor) -> torch.Tensor:
         if not self.options.pipelined:
@@ -454,10 +513,10 @@ class Reenactor:
     # ------------------------------------------------------------------ helpers
 
     @torch.no_grad()
-    def render_params(self, params: torch.Tensor) -> AvatarOutput:
+    def render_params(self, params: torch.Tensor, sources: tuple[int, ...] | None = None) -> AvatarOutput:
         """Driver frames as flat tracked parameters [B,428] (model.frame_params layout;
-        their shape codes are ignored: the source's is used)."""
+        their shape codes are ignored: the sources' are used)."""
         from .frame_params import split_params
 
         p = split_params(params.to(self.device).float())
-        return self(p["expression"], p["pose"], p["eyes"], p["transform_matrix"])
+        return self(p["expression"], p["pose"], p["eyes"], p["transform_matrix"], sources)

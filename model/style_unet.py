@@ -27,6 +27,22 @@ def _leaky(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
 
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear ×2 (align_corners=False), the released ``F.interpolate(scale_factor=2)``."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def _resample(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bilinear resampling by 2 or ½ (align_corners=False, no antialiasing). Halving samples
+    every output pixel at the centre of a 2×2 input block with weights ½·½: exactly a 2×2 average
+    pool, which is one cheap kernel (and backward) instead of a general interpolation."""
+    if scale == 2:
+        return upsample2x(x)
+    if scale == 0.5 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+        return F.avg_pool2d(x, 2)
+    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def _kaiming(module: nn.Module, bias_fill: float, **kwargs) -> None:
     for m in module.modules():
@@ -48,10 +64,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.interpolate(_leaky(self.conv1(x)), scale_factor=self.scale, mode="bilinear", align_corners=False)
+        out = _resample(_leaky(self.conv1(x)), self.scale)
         out = _leaky(self.conv2(out))
-        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return out + self.skip(x)
+        return out + self.skip(_resample(x, self.scale))
 
 
 class ModulatedConv2d(nn.Module):
@@ -79,7 +94,7 @@ class ModulatedConv2d(nn.Module):
         scale = self.modulation(style)  # [B,in]
         weight = self.weight[0]  # [out,in,k,k]
         if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = upsample2x(x)
         out = F.conv2d(x * scale.view(B, C, 1, 1).to(x.dtype), weight.to(x.dtype), padding=self.padding)
         if self.demodulate:
             # Σ_{in,k} (w·s)² = s² · Σ_k w²  → [B,out], in ≥ fp32 even under autocast
@@ -91,7 +106,9 @@ class ModulatedConv2d(nn.Module):
 
 
 class StyleConv(nn.Module):
-    """Modulated conv ·√2, + ``weight``·noise, + bias, leaky ReLU 0.2."""
+    """Modulated conv ·√2, + ``weight``·noise, + bias, leaky ReLU 0.2. The noise term and the bias
+    are added in the activations' dtype (under bf16 autocast they would otherwise promote every
+    activation of the decoder to float32)."""
 
     def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool) -> None:
         super().__init__()
@@ -99,11 +116,15 @@ class StyleConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))  # noise strength
         self.bias = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | bool) -> torch.Tensor:
+        """``noise``: a [1 or B,1,H,W] map (the stored noise), True (fresh N(0,1) per call) or
+        False (none)."""
         out = self.modulated_conv(x, style) * math.sqrt(2.0)
-        if noise:
-            out = out + self.weight * torch.randn_like(out[:, :1])
-        return _leaky(out + self.bias)
+        if noise is True:
+            noise = torch.randn_like(out[:, :1])
+        if noise is not False:
+            out = out + (self.weight * noise).to(out.dtype)
+        return _leaky(out + self.bias.to(out.dtype))
 
 
 class ToRGB(nn.Module):
@@ -117,7 +138,7 @@ class ToRGB(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         out = self.modulated_conv(x, style) + self.bias
         if skip is not None:
-            out = out + F.interpolate(skip, scale_factor=2, mode="bilinear", align_corners=False)
+            out = out + upsample2x(skip)
         return out
 
 
@@ -165,7 +186,8 @@ class StyleGAN2GeneratorCSFT(nn.Module):
         self.to_rgb1 = ToRGBNoSkip(widths[4], out_ch, style_dim)
         self.noises = nn.Module()
         for i in range(self.num_layers):
-            # kept for checkpoint compatibility: the released model draws fresh noise instead
+            # the released model draws fresh noise at every call (randomize_noise=True); these 15
+            # fixed maps are its randomize_noise=False path (renderer.noise: stored)
             r = 2 ** ((i + 5) // 2)
             self.noises.register_buffer(f"noise{i}", torch.randn(1, 1, r, r))
         self.style_convs = nn.ModuleList()
@@ -178,17 +200,26 @@ class StyleGAN2GeneratorCSFT(nn.Module):
             self.to_rgbs.append(ToRGB(ch, out_ch, style_dim))
             in_ch = ch
 
+    def layer_noise(self, noise: bool | str) -> list[torch.Tensor | bool]:
+        """Per style-conv layer (style_conv1, then style_convs in order): the stored map
+        ``noises.noise{i}`` when ``noise == "stored"``, else ``noise`` (True random, False none)."""
+        if noise == "stored":
+            return [getattr(self.noises, f"noise{i}") for i in range(self.num_layers)]
+        return [bool(noise)] * self.num_layers
+
     def forward(self, style: torch.Tensor, conditions: list[tuple[torch.Tensor, torch.Tensor]],
-                noise: bool) -> torch.Tensor:
-        """style [B, style_dim]; conditions: (scale, shift) per resolution 8…size → [B,out,size,size]."""
+                noise: bool | str) -> torch.Tensor:
+        """style [B, style_dim]; conditions: (scale, shift) per resolution 8…size; ``noise``: True
+        (random), False (none) or "stored" → [B,out,size,size]."""
+        noises = self.layer_noise(noise)
         w = self.style_mlp(style)
-        out = self.style_conv1(self.constant_input(w.shape[0]).to(w.dtype), w, noise)
+        out = self.style_conv1(self.constant_input(w.shape[0]).to(w.dtype), w, noises[0])
         skip = self.to_rgb1(out, w)
         for level, to_rgb in enumerate(self.to_rgbs):
-            out = self.style_convs[2 * level](out, w, noise)
+            out = self.style_convs[2 * level](out, w, noises[2 * level + 1])
             scale, shift = conditions[level]
             out = out * scale + shift
-            out = self.style_convs[2 * level + 1](out, w, noise)
+            out = self.style_convs[2 * level + 1](out, w, noises[2 * level + 2])
             skip = to_rgb(out, w, skip)
         return skip
 
@@ -229,9 +260,9 @@ class StyleUNet(nn.Module):
                 if isinstance(m, StyleConv):
                     m.weight.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
-        """x [B,in_ch,S,S]; ``noise`` overrides ``config.renderer.noise`` (random noise
-        injection when True, none when False) → [B,3,S,S]."""
+    def forward(self, x: torch.Tensor, noise: bool | str | None = None) -> torch.Tensor:
+        """x [B,in_ch,S,S]; ``noise`` overrides ``config.renderer.noise`` (True: fresh random noise
+        injection, False: none, "stored": the decoder's fixed noise maps) → [B,3,S,S]."""
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             raise ValueError(f"StyleUNet built for {self.size}², got {tuple(x.shape[-2:])}")
         noise = self.noise if noise is None else noise

@@ -20,7 +20,15 @@ from model.config import (
 )
 from preprocessing.config import PreprocessConfig, SyntheticDataConfig
 
-from .configtools import deep_merge, from_dict, load_preset_dict, parse_override, to_dict
+from .configtools import (
+    ConfigError,
+    check_ranges,
+    deep_merge,
+    from_dict,
+    load_preset_dict,
+    parse_override,
+    to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,12 @@ class DataConfig:
     test_self_shards: str = ""
     test_cross_shards: str = ""
     batch_size: int = 8  # per step, all workers together
-    shuffle_buffer: int = 256
-    loader: Literal["webdataset", "ray_data"] = "webdataset"
-    num_workers: int = 2  # decode workers per training worker
+    shuffle_shards: int = 4  # samples of this many shards are pooled and shuffled together (the shuffle buffer)
+    num_workers: int = 2  # decode threads per training worker
+    # bad data (pipeline/shard_reader.py): unusable samples and unreadable shards are skipped and
+    # logged; the run stops with an error once more than this many were met (summed over ranks)
+    max_bad_samples: int = 100
+    max_bad_shards: int = 10
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class TrainConfig:
     init_from: str = ""  # weights to start from (ours or the official GAGAvatar.pt)
     wandb_project: str = "gagavatar"
     collective_timeout_s: int = 1800
+    # steps whose loss or gradient was NaN/Inf are skipped (weights untouched); past this many the run stops
+    max_skipped_steps: int = 100
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,7 @@ class EvalConfig:
     batch_size: int = 4  # pairs per render call
     precision: Literal["fp32", "bf16"] = "fp32"  # renderer autocast on GPU (metrics always run in fp32)
     seed: int = 0  # StyleUNet noise is seeded per batch from this and the batch's first key
-    # protocol (spec §4, issue #39)
+    # protocol (docs/released_model.md, 'Evaluation protocol')
     metric_size: int = 512  # every image is resized to this before and after the alignment crop
     align_scale: float = 3.0  # alignment box side = align_scale × the five keypoints' extent
     csim_reference: Literal["source", "driver"] = "source"  # self-reenactment CSIM: result vs source identity
@@ -119,16 +132,51 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Ranges every loaded config is checked against, before anything runs (dotted-path patterns,
+# fnmatch). Every number must be ≥ 0; these must be > 0; fractions lie in [0, 1].
+POSITIVE = (
+    "camera.*", "flame.*", "model.*", "rasterizer.*", "loss.box_size", "loss.box_expand", "loss.*chunk_size",
+    "optim.eps", "optim.decay_steps", "data.batch_size", "data.shuffle_shards",
+    "train.steps", "train.num_workers", "train.cpus_per_worker", "train.checkpoint_every", "train.log_every",
+    "train.keep_checkpoints", "train.collective_timeout_s",
+    "eval.batch_size", "eval.metric_size", "eval.align_scale", "eval.fps", "eval.cpus_per_*",
+    "eval.expression_coefficients",
+    "preprocess.crop.size", "preprocess.crop.scale", "preprocess.crop.keyframe_interval",
+    "preprocess.sampling.min_frames", "preprocess.sampling.max_frames", "preprocess.sampling.samples_per_shard",
+    "preprocess.sampling.pairs_per_target", "preprocess.sampling.jpeg_quality", "preprocess.resources.cpus_per_*",
+    "preprocess.resources.gpus_per_tracker", "preprocess.tracking.max_frames_per_batch",
+    "preprocess.tracking.robust_px", "preprocess.detection.max_side", "preprocess.detection.head_widen",
+    "synthetic.identities", "synthetic.clips_per_identity", "synthetic.frames_per_clip", "synthetic.resolution",
+    "synthetic.fps", "synthetic.supersample", "synthetic.head_fill",
+)
+FRACTIONS = ("optim.betas", "optim.final_lr_factor", "preprocess.resources.reserve_read_fraction",
+             "preprocess.presence.min_visible", "preprocess.presence.min_box_overlap")
+SIGNED = ("preprocess.detection.min_score",)  # dlib's HOG threshold may be negative
+
+
+def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Ranges (POSITIVE, FRACTIONS, SIGNED) and the relations between fields; ConfigError names the
+    key and the value."""
+    check_ranges(cfg, POSITIVE, FRACTIONS, SIGNED)
+    if cfg.data.batch_size % cfg.train.num_workers:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by train.num_workers="
+                          f"{cfg.train.num_workers} (every worker takes an equal share of a step's pairs)")
+    if cfg.preprocess.sampling.min_frames > cfg.preprocess.sampling.max_frames:
+        raise ConfigError(f"preprocess.sampling.min_frames={cfg.preprocess.sampling.min_frames} > "
+                          f"max_frames={cfg.preprocess.sampling.max_frames}")
+    return cfg
+
+
 def load_config(preset: str | Path = "paper", overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Preset (name under configs/ or a YAML path) + ``a.b=c`` overrides → ExperimentConfig."""
+    """Preset (name under configs/ or a YAML path) + ``a.b=c`` overrides → a checked ExperimentConfig."""
     data = load_preset_dict(preset)
     for text in overrides:
         data = deep_merge(data, parse_override(text))
-    return from_dict(ExperimentConfig, data)
+    return check_config(from_dict(ExperimentConfig, data))
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:
-    return from_dict(ExperimentConfig, data)
+    return check_config(from_dict(ExperimentConfig, data))
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:

@@ -7,8 +7,11 @@ command line never silently trains the wrong model.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import math
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,6 +107,37 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
 
 
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def check_ranges(cfg: Any, positive: Sequence[str], fractions: Sequence[str], signed: Sequence[str],
+                 path: str = "") -> None:
+    """Every int/float field (and number inside a tuple field) of a dataclass tree is ≥ 0, > 0 when
+    its dotted path matches a ``positive`` pattern, in [0, 1] for ``fractions``, any sign for
+    ``signed``; raises ConfigError naming the first that is not (NaN and infinities are refused)."""
+    for f in dataclasses.fields(cfg):
+        name = f"{path}.{f.name}" if path else f.name
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, positive, fractions, signed, name)
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ConfigError(f"{name}={v}: must be a finite number")
+            if _matches(name, signed):
+                continue
+            if _matches(name, fractions) and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name}={value}: must lie in [0, 1]")
+            if _matches(name, positive) and v <= 0:
+                raise ConfigError(f"{name}={value}: must be > 0")
+            if v < 0:
+                raise ConfigError(f"{name}={value}: must be ≥ 0")
+
+
 def to_dict(cfg: Any) -> Any:
     """Dataclass tree → plain dict/list values (tuples become lists) for YAML/JSON."""
     if dataclasses.is_dataclass(cfg):
@@ -133,26 +167,45 @@ def parse_override(text: str) -> dict[str, Any]:
     keys = [k for k in dotted.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {text!r} has an empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
     for key in reversed(keys):
         value = {key: value}
     return value
 
 
-def load_preset_dict(preset: str | Path) -> dict[str, Any]:
-    """A preset by name (``configs/<name>.yaml``) or path; ``inherit: <preset>`` chains presets."""
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{getattr(exc, 'problem', None) or exc}"
+
+
+def load_preset_dict(preset: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset by name (``configs/<name>.yaml``) or path; ``inherit: <preset>`` chains presets.
+    Unreadable YAML and inherit loops raise one-line ConfigErrors naming the file."""
     path = Path(preset)
     if not path.suffix:
         path = PRESET_DIR / f"{preset}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"config preset {str(preset)!r} not found ({path}); presets: {', '.join(names)}")
-    data = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in _chain:
+        loop = " → ".join(p.name for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: inherit loop ({loop})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = data.pop("inherit", None)
     if parent:
-        data = deep_merge(load_preset_dict(parent), data)
+        parent_path = Path(parent)
+        if parent_path.suffix and not parent_path.is_absolute():
+            parent = path.parent / parent_path  # a YAML path is relative to the file that inherits it
+        data = deep_merge(load_preset_dict(parent, (*_chain, path.resolve())), data)
     return data
 
 

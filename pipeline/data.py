@@ -1,18 +1,20 @@
 """Training data: a deterministic, resumable stream of (source → target) pairs per rank.
 
-Three sources feed the same step function:
+Two sources feed the same step function:
 - ``MockPairSource``: decoded pairs held in memory (unit tests);
-- ``ShardPairSource``: WebDataset tars (local folder or ``s3://`` prefix). Each epoch shuffles
-  the shard list with (seed, epoch); rank r takes every world-th shard (cycling when there are
-  fewer shards than ranks, so every rank always has data); samples of ``group_shards`` shards
-  are pooled and permuted with (seed, epoch, rank, group) — a bounded shuffle buffer. The stream
-  is infinite, so every rank runs exactly ``train.steps`` steps (no end-of-epoch hang), and the
-  sample at position i is a pure function of i: resuming at step s means starting at
-  i = s·batch, which skips whole shards without reading them when their sizes are known.
-- Ray Data (``pipeline.ray_data_source``) as an alternative for very large datasets.
+- ``ShardPairSource``: WebDataset tars (local folder or ``s3://`` prefix, read by
+  ``pipeline.shard_reader``). Each epoch shuffles the shard list with (seed, epoch); rank r takes
+  every world-th shard (cycling when there are fewer shards than ranks, so every rank always has
+  data); samples of ``group_shards`` shards are pooled and permuted with (seed, epoch, rank,
+  group) — a bounded shuffle buffer of ``data.shuffle_shards`` shards. The stream is infinite, so
+  every rank runs exactly ``train.steps`` steps (no end-of-epoch hang), and the sample at
+  position i is a pure function of i: resuming at position p skips whole groups by their sample
+  counts (counted by the same reader that reads them).
 
 Decoding (JPEG → tensors) runs in a thread pool ahead of the step (PIL and numpy release the
-GIL), in order, so the data position stays exact.
+GIL), in order. A sample that cannot be used is skipped and recorded (``pipeline.shard_reader``);
+the loader's position counts raw samples, skipped ones included, so a resumed run continues with
+exactly the data it would have seen.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import concurrent.futures as cf
 import io
 import itertools
 import queue
-import tarfile
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from preprocessing.sample_format import decode_pair
-
 from . import storage
+from .shard_reader import BadDataLog, DataError, decode_or_record, read_shard
 
 
 @dataclass
@@ -76,45 +76,17 @@ def collate_pairs(samples: list[dict[str, Any]]) -> PairBatch:
 # ----------------------------------------------------------------------------- raw sample streams
 
 
-def read_shard(url: str, options: storage.S3Options | None = None) -> list[dict[str, Any]]:
-    """All samples of one tar as raw dicts ``{"__key__", "<member ext>": bytes}``, in file order."""
-    samples: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    with storage.open_binary(url, options) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.rsplit("/", 1)[-1]
-            key, _, ext = name.partition(".")
-            data = tar.extractfile(member).read()
-            if current is None or current["__key__"] != key:
-                current = {"__key__": key}
-                samples.append(current)
-            current[ext] = data
-    return samples
-
-
-def count_shard_samples(url: str, options: storage.S3Options | None = None) -> int:
-    """Number of samples in a tar (headers only for local files)."""
-    keys = set()
-    with storage.open_binary(url, options) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-        for member in tar:
-            if member.isfile():
-                keys.add(member.name.rsplit("/", 1)[-1].partition(".")[0])
-    return len(keys)
-
-
 class ShardPairSource:
     """Deterministic infinite raw-sample stream of one rank over WebDataset tars."""
 
     def __init__(self, urls: list[str], rank: int = 0, world_size: int = 1, seed: int = 0,
-                 group_shards: int = 4, options: storage.S3Options | None = None) -> None:
+                 group_shards: int = 4, options: storage.S3Options | None = None, bad: BadDataLog | None = None) -> None:
         if not urls:
             raise ValueError("no training shards given (data.train_shards is empty or holds no .tar files)")
         self.urls, self.rank, self.world_size, self.seed = sorted(urls), rank, world_size, seed
         self.group_shards = max(1, group_shards)
-        self._reader = lambda url: read_shard(url, options)
-        self._counter = lambda url: count_shard_samples(url, options)
+        self.bad = bad if bad is not None else BadDataLog()
+        self._options = options
         self._sizes: dict[str, int] = {}
 
     def _rank_shards(self, epoch: int) -> list[str]:
@@ -127,31 +99,42 @@ class ShardPairSource:
         shards = self._rank_shards(epoch)
         return [shards[i:i + self.group_shards] for i in range(0, len(shards), self.group_shards)]
 
+    def _read(self, url: str) -> list[dict[str, Any]]:
+        samples = read_shard(url, self.bad, self._options)
+        self._sizes[url] = len(samples)
+        return samples
+
     def _size(self, url: str) -> int:
+        """Samples of a shard as the reader yields them (read once, then remembered)."""
         if url not in self._sizes:
-            self._sizes[url] = self._counter(url)
+            self._read(url)
         return self._sizes[url]
 
     def iter_from(self, start: int = 0) -> Iterator[dict[str, Any]]:
         """Raw samples from stream position ``start`` on (whole groups before it are skipped by
-        counting their samples, without decoding)."""
+        counting their samples, without decoding). An epoch of this rank's shards that yields no
+        sample at all raises DataError instead of looping forever."""
         skip = start
         for epoch in itertools.count():
-            for g, group in enumerate(self._groups(epoch)):
+            yielded = 0
+            groups = self._groups(epoch)
+            for g, group in enumerate(groups):
                 if skip > 0:
                     size = sum(self._size(u) for u in group)
                     if skip >= size:
                         skip -= size
+                        yielded += size
                         continue
-                samples = []
-                for url in group:
-                    shard = self._reader(url)
-                    self._sizes[url] = len(shard)
-                    samples.extend(shard)
+                samples = [s for url in group for s in self._read(url)]
                 order = np.random.default_rng([self.seed, epoch, self.rank, g]).permutation(len(samples))
                 for i in order[skip:]:
+                    yielded += 1
                     yield samples[i]
                 skip = 0
+            if yielded == 0:
+                shards = [u for grp in groups for u in grp]
+                raise DataError(f"rank {self.rank}: its {len(shards)} shard(s) hold no readable sample "
+                                f"(e.g. {shards[0]}); {'; '.join(self.bad.examples[:2])}")
 
 
 class MockPairSource:
@@ -171,40 +154,51 @@ class MockPairSource:
 # ----------------------------------------------------------------------------- batching + prefetch
 
 
-def _decode_if_raw(sample: dict[str, Any]) -> dict[str, Any]:
-    return sample if "source" in sample and isinstance(sample["source"], np.ndarray) else decode_pair(sample)
+def _is_decoded(sample: dict[str, Any]) -> bool:
+    return "source" in sample and isinstance(sample["source"], np.ndarray)
 
 
 class PrefetchingLoader:
-    """Iterates PairBatches from ``source.iter_from(start_batch·batch_size)``, decoding in a thread
-    pool and collating up to ``prefetch`` batches ahead. Order is exact (``Executor.map``)."""
+    """Iterates PairBatches from ``source.iter_from(start)``, decoding in a thread pool and
+    collating up to ``prefetch`` batches ahead. Order is exact. Unusable samples are skipped
+    (recorded in ``bad``); ``position`` counts the raw samples behind the batches handed out.
+    ``image_size``: the side every image must have (the data's first sample's), or None."""
 
-    def __init__(self, source: MockPairSource | ShardPairSource, batch_size: int, start_batch: int = 0,
-                 threads: int = 4, prefetch: int = 4) -> None:
-        self.source, self.batch_size = source, batch_size
-        self.position = start_batch * batch_size  # samples handed out so far (this rank)
+    def __init__(self, source: MockPairSource | ShardPairSource, batch_size: int, start: int = 0,
+                 threads: int = 4, prefetch: int = 4, image_size: int | None = None,
+                 bad: BadDataLog | None = None) -> None:
+        self.source, self.batch_size, self.image_size = source, batch_size, image_size
+        self.bad = bad if bad is not None else getattr(source, "bad", None) or BadDataLog()
+        self.position = start  # raw samples consumed by the batches handed out (this rank)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._pool = cf.ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
         self._thread = threading.Thread(target=self._produce, daemon=True, name="batch-producer")
         self._thread.start()
 
+    def _decode(self, sample: dict[str, Any]) -> dict[str, Any] | None:
+        return sample if _is_decoded(sample) else decode_or_record(sample, self.bad, self.image_size)
+
     def _produce(self) -> None:
         try:
-            raw = self.source.iter_from(self.position)
-            decoded = self._ordered_decode(raw)
+            decoded = self._ordered_decode(self.source.iter_from(self.position))
             while not self._stop.is_set():
-                samples = list(itertools.islice(decoded, self.batch_size))
-                self._put(collate_pairs(samples))
+                samples, consumed = [], 0
+                while len(samples) < self.batch_size:
+                    item = next(decoded)
+                    consumed += 1
+                    if item is not None:
+                        samples.append(item)
+                self._put((collate_pairs(samples), consumed))
         except BaseException as exc:  # hand errors to the consumer instead of dying silently
             self._put(exc)
 
-    def _ordered_decode(self, raw: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _ordered_decode(self, raw: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | None]:
         # a bounded window of futures: Executor.map would consume the infinite stream eagerly
         window: list[cf.Future] = []
         depth = self.batch_size * 2
         for sample in raw:
-            window.append(self._pool.submit(_decode_if_raw, sample))
+            window.append(self._pool.submit(self._decode, sample))
             if len(window) >= depth:
                 yield window.pop(0).result()
         for fut in window:  # pragma: no cover - the stream is infinite
@@ -225,27 +219,13 @@ class PrefetchingLoader:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        self.position += len(item)
-        return item
+        batch, consumed = item
+        self.position += consumed
+        return batch
 
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def decode_samples(raw: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [_decode_if_raw(s) for s in raw]
-
-
-def read_eval_pairs(prefix: str, limit: int = 0, options: storage.S3Options | None = None) -> list[dict[str, Any]]:
-    """Every (or the first ``limit``) decoded pair under a shard prefix, in a fixed order."""
-    out: list[dict[str, Any]] = []
-    for url in storage.shard_urls(prefix, options):
-        for sample in read_shard(url, options):
-            out.append(decode_pair(sample))
-            if limit and len(out) >= limit:
-                return out
-    return out
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:

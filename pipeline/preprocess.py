@@ -1,24 +1,27 @@
 """Preprocessing at scale: a Ray Data job from clips (local folder or ``s3://``) to WebDataset
-frame-pair shards.
+frame-pair shards. The per-clip work is ``preprocessing.clip`` (the same functions that
+``gaga-reenact`` and the benchmarks call); this module lists, schedules and writes.
 
 Stages (one Ray Data pipeline over the clips still to do, then one over the shards):
 
-1. **list** (driver): videos (mp4/avi/mov/mkv) and frame folders under ``preprocess.input`` (or its
-   ``videos/``), ground-truth sidecars (``sidecars/<clip>.npz``), ``train.txt``/``test.txt``.
-2. **read** (CPU actor pool, ``cpus_per_reader`` each, autoscaling): decode, detect faces on
-   keyframes, EMA-smoothed crops of the kept frames, landmarks, optional matting; writes
-   ``clips/<clip>.frames.tar``.
+1. **list** (driver): videos (mp4/avi/mov/mkv), frame folders and stills (images directly under
+   the input) under ``preprocess.input`` (or its ``videos/``), ground-truth sidecars
+   (``sidecars/<clip>.npz``), ``train.txt``/``test.txt``.
+2. **read** (CPU actor pool, ``cpus_per_reader`` each, autoscaling): ``crop_clip`` — decode,
+   faces on keyframes, cuts, smoothed crops of the kept frames, checked landmarks, optional
+   matting; writes ``clips/<clip>.frames.tar``.
 3. **track** (actor pool, ``map_batches``; ``gpus_per_tracker`` each when the cluster has GPUs):
-   FLAME + camera fit per clip, accuracy vs the sidecar when there is one; writes
-   ``clips/<clip>.track.npz`` and then ``clips/<clip>.json`` (the manifest row, written last: the
-   marker that the clip is done).
+   ``track_clip`` — FLAME + camera fit, fit outliers dropped, accuracy vs the sidecar when there
+   is one; writes ``clips/<clip>.track.npz`` and then ``clips/<clip>.json`` (the manifest row,
+   written last: the marker that the clip is done).
 4. **shards** (CPU tasks, ``cpus_per_writer``): pairs planned deterministically from the done clips
    (preprocessing.sampling) into ``train/``, ``test_self/``, ``test_cross/`` as
    ``{split}-{index:06d}.tar``; then ``manifest.jsonl``, ``shards.json``, ``summary.json``.
 
 Rerunning skips clips whose row says ok/skipped under the same per-clip config hash (failed ones are
 retried) and shards whose planned content and file already exist, so an interrupted run resumes,
-and a finished one reproduces identical shards.
+and a finished one reproduces identical shards. Data tracked by GAGAvatar_track is imported by
+``pipeline.preprocess_import``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from preprocessing.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 from . import storage
 from .config import ExperimentConfig
+from .ray_data import configure_data_context
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class Settings:
     s3: storage.S3Options
     config_hash: str
     flame_name: str
+    landmarks_auto: str = "dlib"  # what ``landmarks: auto`` means for clips without ground truth
 
     def clip_url(self, clip_id: str, suffix: str) -> str:
         return storage.join(self.output, CLIPS_DIR, f"{clip_id}{suffix}")
@@ -80,21 +85,31 @@ class Settings:
 class ClipSpec:
     clip_id: str
     split: str  # train | test | "" (not in the lists)
-    kind: str  # video | frames
-    source: str  # the video URL, or the frame folder URL
-    frames: list[str] = field(default_factory=list)  # image URLs of a frame folder
+    kind: str  # video | frames | still
+    source: str  # the video URL, the frame folder URL, or the image URL
+    frames: list[str] = field(default_factory=list)  # image URLs of a frame folder (a still: its image)
     sidecar: str = ""  # ground-truth sidecar URL, when the clip is generated
+    aliases: list[str] = field(default_factory=list)  # names train.txt/test.txt may use for it
+    notes: list[str] = field(default_factory=list)  # e.g. a renamed id
 
 
 def make_settings(cfg: ExperimentConfig, output: str | None = None) -> Settings:
+    from preprocessing.landmarks import resolve_landmarks
+
     pcfg = cfg.preprocess
     output = output or pcfg.output
     if not output:
         raise ValueError("no output: set preprocess.output (a folder or s3://bucket/prefix)")
     flame_name = PurePosixPath(cfg.flame.path).name if cfg.flame.path else "generated stand-in head v1"
+    # decided once, on the driver, and part of the clips' config hash: workers do not guess
+    auto = resolve_landmarks("auto") if pcfg.landmarks == "auto" else pcfg.landmarks
+    if pcfg.landmarks == "auto" and auto != "mediapipe":
+        log.warning("mediapipe is not installed: landmarks 'auto' uses dlib's 68 points on real clips "
+                    "(less reliable on turned heads; docs/preprocessing.md)")
     return Settings(preprocess=pcfg, flame=cfg.flame, focal=cfg.camera.focal, output=output.rstrip("/"),
-                    s3=storage.S3Options.from_env(), config_hash=clip_config_hash(pcfg, cfg.flame, cfg.camera.focal),
-                    flame_name=flame_name)
+                    s3=storage.S3Options.from_env(),
+                    config_hash=clip_config_hash(pcfg, cfg.flame, cfg.camera.focal, auto),
+                    flame_name=flame_name, landmarks_auto=auto)
 
 
 # ----------------------------------------------------------------------------- listing
@@ -109,15 +124,16 @@ def sanitize_clip_id(name: str) -> str:
 
 
 def _read_list(url: str, options: storage.S3Options) -> set[str]:
+    """The names a list gives (each as a clip id of its stem and of its whole file name)."""
     ids = set()
     for line in storage.read_text(url, options).splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        stem = line.rsplit("/", 1)[-1]
-        if stem.lower().endswith(VIDEO_EXTENSIONS):
-            stem = stem.rsplit(".", 1)[0]
-        ids.add(sanitize_clip_id(stem))
+        name = line.rsplit("/", 1)[-1]
+        ids.add(sanitize_clip_id(name))
+        if name.lower().endswith(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS):
+            ids.add(sanitize_clip_id(name.rsplit(".", 1)[0]))
     return ids
 
 
@@ -130,7 +146,9 @@ def _first_existing(urls: list[str], options: storage.S3Options) -> str:
 
 def discover_clips(pcfg: PreprocessConfig, options: storage.S3Options, input_url: str | None = None) -> list[ClipSpec]:
     """The clips under the input: ``<input>/videos/`` when it has files (the generated dataset's
-    layout), else ``<input>/`` itself. Videos directly inside; frame folders one level down."""
+    layout), else ``<input>/`` itself. Videos and stills (images, when ``preprocess.stills``)
+    directly inside; frame folders one level down. Files that share a stem (``a.mp4``, ``a.mkv``)
+    get ids from their whole names (``a-mp4-…``), with a note; a list naming ``a`` selects all."""
     root = (input_url or pcfg.input).rstrip("/")
     if not root:
         raise ValueError("no input: set preprocess.input (a folder or s3://bucket/prefix of videos or frame folders)")
@@ -143,30 +161,48 @@ def discover_clips(pcfg: PreprocessConfig, options: storage.S3Options, input_url
         raise FileNotFoundError(f"{root}: no files (expected videos {', '.join(VIDEO_EXTENSIONS)} or frame folders)")
     sidecars = {PurePosixPath(u).stem: u for u in storage.list_files(storage.join(root, "sidecars"), (".npz",), False, options)}
     prefix = video_root.rstrip("/") + ("/" if storage.is_s3(video_root) else "")
-    specs: dict[str, ClipSpec] = {}
+    singles: dict[str, list[tuple[str, str, str]]] = {}  # stem → (file name, url, kind)
     folders: dict[str, list[str]] = {}
     for url in files:
         rel = url[len(prefix):] if storage.is_s3(url) else str(PurePosixPath(storage.local_path(url).relative_to(storage.local_path(video_root)).as_posix()))
         parts = rel.strip("/").split("/")
         name = parts[-1].lower()
         if len(parts) == 1 and name.endswith(VIDEO_EXTENSIONS):
-            stem = parts[0].rsplit(".", 1)[0]
-            specs[sanitize_clip_id(stem)] = ClipSpec(sanitize_clip_id(stem), "", "video", url, sidecar=sidecars.get(stem, ""))
+            singles.setdefault(parts[0].rsplit(".", 1)[0], []).append((parts[0], url, "video"))
+        elif len(parts) == 1 and name.endswith(IMAGE_EXTENSIONS):
+            singles.setdefault(parts[0].rsplit(".", 1)[0], []).append((parts[0], url, "still"))
         elif len(parts) == 2 and name.endswith(IMAGE_EXTENSIONS) and parts[0] != "sidecars":
             folders.setdefault(parts[0], []).append(url)
-    for folder, frames in folders.items():
+    specs: dict[str, ClipSpec] = {}
+    for stem, entries in sorted(singles.items()):
+        shared = len(entries) > 1 or stem in folders
+        for filename, url, kind in sorted(entries):
+            cid = sanitize_clip_id(filename if shared else stem)
+            spec = ClipSpec(cid, "", kind, url, [url] if kind == "still" else [], sidecars.get(stem, ""),
+                            aliases=sorted({sanitize_clip_id(stem), sanitize_clip_id(filename)}))
+            if shared:
+                others = [f for f, _, _ in entries if f != filename] + ([f"{stem}/"] if stem in folders else [])
+                spec.notes.append(f"{filename} shares its name with {', '.join(others)}: clip id {cid}")
+            if kind == "still" and not pcfg.stills:
+                spec.notes.append("preprocess.stills is false: single images are not used")
+            specs[cid] = spec
+    for folder, frames in sorted(folders.items()):
         cid = sanitize_clip_id(folder)
-        if cid in specs:
-            raise ValueError(f"{root}: clip {cid!r} is both a video and a frame folder")
-        specs[cid] = ClipSpec(cid, "", "frames", storage.join(video_root, folder), sorted(frames), sidecars.get(folder, ""))
+        spec = ClipSpec(cid, "", "frames", storage.join(video_root, folder), sorted(frames), sidecars.get(folder, ""),
+                        aliases=[cid])
+        if cid in specs or folder in singles:
+            spec.clip_id = sanitize_clip_id(folder + "/")
+            spec.notes.append(f"frame folder {folder}/ shares its name with a file: clip id {spec.clip_id}")
+        specs[spec.clip_id] = spec
     train_url = pcfg.train_list or _first_existing([storage.join(root, "train.txt"), storage.join(video_root, "train.txt")], options)
     test_url = pcfg.test_list or _first_existing([storage.join(root, "test.txt"), storage.join(video_root, "test.txt")], options)
     train_ids = _read_list(train_url, options) if train_url else None
     test_ids = _read_list(test_url, options) if test_url else None
     for spec in specs.values():
-        if test_ids is not None and spec.clip_id in test_ids:
+        names = {spec.clip_id, *spec.aliases}
+        if test_ids is not None and names & test_ids:
             spec.split = "test"
-        elif train_ids is None or spec.clip_id in train_ids:
+        elif train_ids is None or names & train_ids:
             spec.split = "train"
     return [specs[c] for c in sorted(specs)]
 
@@ -176,8 +212,7 @@ def discover_clips(pcfg: PreprocessConfig, options: storage.S3Options, input_url
 
 @dataclasses.dataclass
 class _Cache:
-    dlib_face: Any = None
-    dlib_landmarks: Any = None
+    detectors: dict[str, Any] = dataclasses.field(default_factory=dict)
     matting: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -190,19 +225,21 @@ def _detectors(settings: Settings, truth: Any) -> tuple[Any, Any]:
 
     pcfg = settings.preprocess
     face_name = pcfg.detector if pcfg.detector != "auto" else ("sidecar" if truth is not None else "dlib")
-    lmk_name = pcfg.landmarks if pcfg.landmarks != "auto" else ("sidecar" if truth is not None else "dlib")
-    if face_name == "dlib":
-        if _CACHE.dlib_face is None:
-            _CACHE.dlib_face = make_face_detector("dlib", pcfg.detection)
-        face = _CACHE.dlib_face
-    else:
+    lmk_name = pcfg.landmarks if pcfg.landmarks != "auto" else ("sidecar" if truth is not None else settings.landmarks_auto)
+    if face_name == "sidecar":
         face = make_face_detector(face_name, pcfg.detection, truth)
-    if lmk_name == "dlib":
-        if _CACHE.dlib_landmarks is None:
-            _CACHE.dlib_landmarks = make_landmark_detector("dlib")
-        lmk = _CACHE.dlib_landmarks
     else:
+        key = f"face:{face_name}"
+        if key not in _CACHE.detectors:
+            _CACHE.detectors[key] = make_face_detector(face_name, pcfg.detection)
+        face = _CACHE.detectors[key]
+    if lmk_name == "sidecar":
         lmk = make_landmark_detector(lmk_name, truth)
+    else:
+        key = f"landmarks:{lmk_name}"
+        if key not in _CACHE.detectors:
+            _CACHE.detectors[key] = make_landmark_detector(lmk_name)
+        lmk = _CACHE.detectors[key]
     return face, lmk
 
 
@@ -258,14 +295,14 @@ def _load_truth(spec: ClipSpec, options: storage.S3Options) -> Any:
 
 
 def read_clip(spec: ClipSpec, settings: Settings) -> tuple[ClipRow, bytes]:
-    """Decode, detect, crop, landmarks (and matting) for one clip; writes ``<clip>.frames.tar``.
-    Returns the row (status ``pending`` when tracking should follow) and the landmarks payload."""
+    """``preprocessing.clip.crop_clip`` on one clip; writes ``<clip>.frames.tar``. Returns the row
+    (status ``pending`` when tracking should follow) and the landmarks payload."""
     from preprocessing.clip import ClipSkipped, crop_clip, subsample_truth
     from preprocessing.shards import encode_frames
     from preprocessing.video_io import DecodeError
 
     row = ClipRow(clip_id=spec.clip_id, split=spec.split, status="pending", source=spec.source,
-                  config_hash=settings.config_hash, matting="none")
+                  config_hash=settings.config_hash, matting="none", kind=spec.kind, notes=list(spec.notes))
     try:
         truth = _load_truth(spec, settings.s3)
         face, lmk = _detectors(settings, truth)
@@ -277,23 +314,26 @@ def read_clip(spec: ClipSpec, settings: Settings) -> tuple[ClipRow, bytes]:
         if truth is not None and getattr(source, "step", 1) != 1:
             truth = subsample_truth(truth, source.step)
             face, lmk = _detectors(settings, truth)
-        clip = crop_clip(spec.clip_id, source, face, lmk, settings.preprocess, _matting(settings))
+        clip = crop_clip(spec.clip_id, source, face, lmk, settings.preprocess, _matting(settings),
+                         still=spec.kind == "still")
         t0 = time.perf_counter()
         storage.write_bytes(settings.clip_url(spec.clip_id, ".frames.tar"),
                             encode_frames(spec.clip_id, clip.frame_ids, clip.images, clip.image_format), settings.s3)
-        row.frames_total, row.frames_dropped, row.fps = clip.frames_total, clip.dropped, clip.fps
+        row.frames_total, row.fps = clip.frames_total, clip.fps
+        row.frames_dropped, row.frames_dropped_by = clip.dropped, dict(clip.dropped_by)
         row.frame_ids = [int(f) for f in clip.frame_ids]
-        row.frames_kept, row.matting, row.notes = len(clip.frame_ids), clip.matting, list(clip.notes)
+        row.frames_kept, row.matting = len(clip.frame_ids), clip.matting
+        row.faces_max, row.cuts, row.notes = clip.faces_max, list(clip.cuts), row.notes + list(clip.notes)
         row.seconds = {**clip.seconds, "write_frames": time.perf_counter() - t0}
-        return row, _npz(frame_ids=clip.frame_ids, landmarks=clip.landmarks, crop_boxes=clip.crop_boxes)
+        return row, _npz(**clip.landmark_arrays(), fps=np.asarray(clip.fps))
     except Exception as exc:  # every problem becomes a manifest row, never a crashed job
         _fail(row, "read", exc)
         return row, b""
 
 
 class ReadStage:
-    """Ray Data actor (CPU): decoding, detection, cropping and landmarks; keeps dlib's models
-    loaded between clips. Its own pool, so decoding never runs inside (and stalls) the trackers."""
+    """Ray Data actor (CPU): decoding, detection, cropping and landmarks; keeps the detectors'
+    models loaded between clips. Its own pool, so decoding never runs inside (and stalls) the trackers."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -323,43 +363,41 @@ def save_clip(row: ClipRow, track_npz: bytes, settings: Settings) -> ClipRow:
 
 
 class TrackStage:
-    """Ray Data actor: holds FLAME (on the GPU when there is one), tracks one clip per call and
-    saves its outputs."""
+    """Ray Data actor: holds FLAME (on the GPU when there is one), runs
+    ``preprocessing.clip.track_clip`` on one clip per call and saves its outputs."""
 
     def __init__(self, settings: Settings) -> None:
         import torch
 
         from model.flame import FlameModel
-        from preprocessing.tracking import LandmarkFlame, resolve_device
+        from preprocessing.clip import TrackerModels
+        from preprocessing.tracking import resolve_device
 
         self.settings = settings
         self.device = resolve_device(settings.preprocess.tracking.device)
         torch.manual_seed(0)
-        self.flame = FlameModel.from_config(settings.flame).to(self.device)
-        self.lmk_flame = LandmarkFlame(self.flame)
+        flame = FlameModel.from_config(settings.flame).to(self.device)
+        self.models = TrackerModels(flame, settings.flame.path, settings.preprocess.tracking.mediapipe_embedding)
 
     def track_one(self, spec: ClipSpec, row: ClipRow, payload: bytes) -> bytes:
-        from preprocessing.clip import subsample_truth
-        from preprocessing.evaluation import compare_with_truth
+        from preprocessing.clip import CroppedClip, track_clip
         from preprocessing.shards import encode_track
-        from preprocessing.tracking import REFERENCE_SIZE, track_landmarks
 
-        pcfg = self.settings.preprocess
         arrays = _unnpz(payload)
-        t0 = time.perf_counter()
-        valid = np.ones(len(arrays["frame_ids"]), bool)
-        track = track_landmarks(self.flame, arrays["landmarks"], valid, pcfg.crop.size, self.settings.focal,
-                                pcfg.tracking, self.device, self.lmk_flame)
-        row.seconds["track"] = time.perf_counter() - t0
-        row.residual_px = float(np.median(track.residual_px))
-        row.residual_px_512 = row.residual_px * REFERENCE_SIZE / pcfg.crop.size
-        truth = _load_truth(spec, self.settings.s3)
-        if truth is not None:
-            step = max(1, round(truth.fps / row.fps)) if row.fps else 1
-            row.truth = compare_with_truth(track, subsample_truth(truth, step), arrays["frame_ids"],
-                                           arrays["crop_boxes"], self.flame)
-        return encode_track(frame_ids=arrays["frame_ids"], params=track.packed(), landmarks=arrays["landmarks"],
-                            fitted=track.landmarks, residual_px=track.residual_px, crop_boxes=arrays["crop_boxes"])
+        clip = CroppedClip.from_landmark_arrays(row.clip_id, arrays, frames_total=row.frames_total,
+                                                fps=float(arrays["fps"]), dropped_by=dict(row.frames_dropped_by))
+        tracked = track_clip(clip, self.models, self.settings.preprocess, self.settings.focal, self.device,
+                             truth=_load_truth(spec, self.settings.s3))
+        row.seconds["track"] = tracked.seconds
+        row.residual_px, row.residual_px_512, row.truth = tracked.residual_px, tracked.residual_px_512, tracked.truth
+        row.frame_ids = [int(f) for f in tracked.frame_ids]
+        row.frames_kept = len(row.frame_ids)
+        row.frames_dropped_by = tracked.dropped_by
+        row.frames_dropped = int(sum(tracked.dropped_by.values()))
+        row.notes += [n for n in tracked.notes if n not in row.notes]
+        return encode_track(frame_ids=tracked.frame_ids, params=tracked.track.packed(), landmarks=tracked.landmarks,
+                            fitted=tracked.track.landmarks, residual_px=tracked.track.residual_px,
+                            crop_boxes=tracked.crop_boxes)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
@@ -431,7 +469,7 @@ class PoolSizes:
     reader_cpus: float
 
 
-def pool_sizes(res: ResourcesConfig, cluster: dict[str, float]) -> PoolSizes:
+def preprocess_pools(res: ResourcesConfig, cluster: dict[str, float]) -> PoolSizes:
     """Explicit sizing of the two actor pools from the cluster's resources.
 
     With GPUs: ``gpus_per_tracker`` each (fractions pack several trackers on one GPU), readers
@@ -449,15 +487,6 @@ def pool_sizes(res: ResourcesConfig, cluster: dict[str, float]) -> PoolSizes:
     left = cpus - trackers * res.cpus_per_tracker
     readers = max(1, int(left / res.cpus_per_reader))
     return PoolSizes(readers, trackers, tracker_gpus, res.cpus_per_tracker, res.cpus_per_reader)
-
-
-def _configure_data_context(res: ResourcesConfig) -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = res.progress_bars
-    ctx.execution_options.preserve_order = False
-    ctx.execution_options.verbose_progress = False
 
 
 # ----------------------------------------------------------------------------- driver
@@ -493,8 +522,22 @@ def _reusable(row: ClipRow | None, settings: Settings, present: set[str]) -> boo
     return row.status == "skipped"
 
 
+def unused_row(spec: ClipSpec, settings: Settings) -> ClipRow | None:
+    """The ``skipped`` row of a listed input that is not to be processed (in neither list; a still
+    with ``preprocess.stills: false``), or None."""
+    reason = ""
+    if not spec.split:
+        reason = "not in train.txt or test.txt"
+    elif spec.kind == "still" and not settings.preprocess.stills:
+        reason = f"{spec.source}: a single image (preprocess.stills is false)"
+    if not reason:
+        return None
+    return ClipRow(spec.clip_id, spec.split, "skipped", reason, spec.source, config_hash=settings.config_hash,
+                   kind=spec.kind, notes=list(spec.notes))
+
+
 def process_clips(settings: Settings, specs: list[ClipSpec]) -> tuple[list[ClipRow], dict[str, int]]:
-    """Stages 2–4 over the clips not done yet; returns every listed clip's row and counts."""
+    """Stages 2 and 3 over the clips not done yet; returns every listed clip's row and counts."""
     import ray
 
     listed = {s.clip_id for s in specs if s.split}
@@ -502,9 +545,9 @@ def process_clips(settings: Settings, specs: list[ClipSpec]) -> tuple[list[ClipR
     rows: dict[str, ClipRow] = {}
     todo: list[ClipSpec] = []
     for spec in specs:
-        if not spec.split:
-            rows[spec.clip_id] = ClipRow(spec.clip_id, "", "skipped", "not in train.txt or test.txt", spec.source,
-                                         config_hash=settings.config_hash)
+        unused = unused_row(spec, settings)
+        if unused is not None:
+            rows[spec.clip_id] = unused
         elif _reusable(previous.get(spec.clip_id), settings, present):
             row = previous[spec.clip_id]
             row.split = spec.split  # the lists may have changed; the clip's outputs did not
@@ -514,8 +557,8 @@ def process_clips(settings: Settings, specs: list[ClipSpec]) -> tuple[list[ClipR
     log.info("%d clips listed: %d to process, %d done before", len(specs), len(todo), len(rows))
     if todo:
         res = settings.preprocess.resources
-        _configure_data_context(res)
-        sizes = pool_sizes(res, ray.cluster_resources())
+        configure_data_context(res.progress_bars)
+        sizes = preprocess_pools(res, ray.cluster_resources())
         log.info("pools: %s", sizes)
         items = [{"spec": json.dumps(dataclasses.asdict(s))} for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -538,7 +581,7 @@ def _plan(settings: Settings, rows: list[ClipRow]) -> dict[str, list[ShardPlan]]
 
 
 def write_shards(settings: Settings, rows: list[ClipRow], image_size: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    """Stage 5: plan, write the shards whose planned content changed or whose file is missing,
+    """Stage 4: plan, write the shards whose planned content changed or whose file is missing,
     remove stale ones; returns the shard index (per split: name, samples, sha256, bytes, plan)."""
     import ray
 
@@ -565,7 +608,7 @@ def write_shards(settings: Settings, rows: list[ClipRow], image_size: int) -> tu
             storage.remove(storage.join(settings.output, split, stale), settings.s3)
     if todo:
         res = settings.preprocess.resources
-        _configure_data_context(res)
+        configure_data_context(res.progress_bars)
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds = ds.map(shard_stage, fn_kwargs={"settings": settings}, num_cpus=res.cpus_per_writer)
         for entry in ds.take_all():
@@ -612,41 +655,3 @@ def run_preprocess(cfg: ExperimentConfig, input_url: str | None = None, output: 
     summary["run"]["seconds"] = time.perf_counter() - t0
     log.info("preprocess done: %s", json.dumps(summary["status"]))
     return summary
-
-
-def run_import_gagatrack(cfg: ExperimentConfig, source_dir: str, output: str | None = None) -> dict[str, Any]:
-    """Shard data tracked by the official GAGAvatar_track (``img_lmdb`` + ``optim.pkl``/
-    ``smoothed.pkl``, a local folder) like our own tracking output."""
-    from preprocessing.gagatrack_import import iter_clips
-    from preprocessing.shards import encode_frames, encode_track
-
-    t0 = time.perf_counter()
-    settings = make_settings(cfg, output)
-    s = cfg.preprocess.sampling
-    rows: list[ClipRow] = []
-    sizes = set()
-    for item in iter_clips(source_dir, s.image_format, s.jpeg_quality, s.min_frames, s.max_frames):
-        if isinstance(item, tuple):
-            clip, split, reason = item
-            row = ClipRow(clip, split, "skipped", reason, source=source_dir, config_hash="gagatrack")
-        else:
-            k = len(item.frame_ids)
-            nan = np.full((k,), np.nan, np.float32)
-            storage.write_bytes(settings.clip_url(item.clip_id, ".frames.tar"),
-                                encode_frames(item.clip_id, item.frame_ids, item.images, item.image_format), settings.s3)
-            storage.write_bytes(settings.clip_url(item.clip_id, ".track.npz"), encode_track(
-                frame_ids=item.frame_ids, params=item.params, landmarks=np.zeros((k, 70, 2), np.float32),
-                fitted=np.zeros((k, 70, 2), np.float32), residual_px=nan, crop_boxes=np.full((k, 3), np.nan, np.float32),
-            ), settings.s3)
-            row = ClipRow(item.clip_id, item.split, "ok", source=f"{source_dir}#{item.video}", frames_total=k,
-                          frames_kept=k, frame_ids=[int(f) for f in item.frame_ids], matting="gagavatar_track",
-                          detector="gagavatar_track", landmarks="gagavatar_track", config_hash="gagatrack")
-            sizes.add(item.image_size)
-        storage.write_text(settings.clip_url(row.clip_id, ".json"), row.to_json(), settings.s3)
-        rows.append(row)
-    if len(sizes) > 1:
-        raise ValueError(f"{source_dir}: crops of several sizes {sorted(sizes)}")
-    rows.sort(key=lambda r: r.clip_id)
-    extra = {"input": source_dir, "imported_from": "GAGAvatar_track", "clips_processed": len(rows), "clips_reused": 0,
-             "image_size": sizes.pop() if sizes else cfg.preprocess.crop.size, "clip_seconds": time.perf_counter() - t0}
-    return finalize(settings, rows, extra)

@@ -1,21 +1,34 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a local one bound to 127.0.0.1."""
+"""Connecting an entry point to Ray, explicitly (libraries never call this; they assume a cluster).
+
+- ``RAY_ADDRESS`` set (``ray job submit`` sets it for the job's driver; a user may set it to join
+  a cluster on purpose): join that cluster.
+- otherwise: start a **private** local cluster (``address="local"``) bound to 127.0.0.1, even when
+  another Ray (e.g. a ``ray start --head`` for ``ray job submit``) runs on the same machine. Tests
+  always take this path.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 
+log = logging.getLogger("gaga.ray")
 
-def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """``ray.init`` once. Under ``ray job submit`` (RAY_ADDRESS set) this joins that cluster;
-    otherwise it starts a local one that listens on loopback only."""
+
+def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+    """``ray.init`` once, as described above; logs and returns what it did."""
     import ray
 
     if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return
-    # without this Ray binds to the machine's network interface even on one machine
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=True)
+        return "already connected"
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        what = f"joined the Ray cluster at {address}"
+    else:
+        # read when Ray starts its processes: without it they bind to the machine's network interface
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+        what = "started a private local Ray cluster on 127.0.0.1"
+    log.info(what)
+    return what

@@ -93,7 +93,15 @@ def track_single_image(path: str, cfg: ExperimentConfig, flame, crop_size: int,
         raise ValueError(f"{path}: {exc}") from exc
     crops, note = _matte(tracked.crop[None], pcfg)
     return TrackedFrames(crops, tracked.track.packed().astype(np.float32), cfg.eval.fps, Path(path).stem, "image",
-                         [note, f"landmark residual {float(tracked.track.residual_px[0]):.2f} px"])
+                         [note, _residual_note(float(tracked.track.residual_px[0]), crop_size), *tracked.notes])
+
+
+def _residual_note(residual_px: float, crop_size: int, what: str = "landmark residual") -> str:
+    """The fit residual at the model's crop size and at 512² (where preprocessing reports it)."""
+    from preprocessing.tracking import REFERENCE_SIZE
+
+    return (f"{what} {residual_px:.2f} px at the model's {crop_size}² crop "
+            f"(= {residual_px * REFERENCE_SIZE / crop_size:.1f} px at {REFERENCE_SIZE:.0f}²)")
 
 
 def track_video(path: str, cfg: ExperimentConfig, flame, crop_size: int,
@@ -109,25 +117,32 @@ def track_video(path: str, cfg: ExperimentConfig, flame, crop_size: int,
         clip = crop_clip(name, VideoSource(storage.read_bytes(path), path), detector, landmarker, pcfg)
     except ClipSkipped as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    track = track_clip(clip, flame, pcfg, cfg.camera.focal, device)
-    crops, note = _matte(np.stack([clip.decoded(k) for k in range(len(clip.frame_ids))]), pcfg)
-    notes = [note, *clip.notes, f"median landmark residual {float(np.median(track.residual_px)):.2f} px"]
-    if clip.dropped:
-        notes.append(f"{clip.dropped} frames without landmarks were left out")
-    return TrackedFrames(crops, track.packed().astype(np.float32), clip.fps, name, "video", notes)
+    try:
+        tracked = track_clip(clip, flame, pcfg, cfg.camera.focal, device)
+    except ClipSkipped as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    kept = np.flatnonzero(tracked.keep)
+    crops, note = _matte(np.stack([clip.decoded(int(k)) for k in kept]), pcfg)
+    notes = [note, *clip.notes, *tracked.notes, _residual_note(tracked.residual_px, crop_size, "median landmark residual")]
+    dropped = sum(tracked.dropped_by.values())
+    if dropped:
+        notes.append(f"{dropped} of {clip.frames_total} frames without a usable face were left out ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(tracked.dropped_by.items())) + ")")
+    return TrackedFrames(crops, tracked.track.packed().astype(np.float32), clip.fps, name, "video", notes)
 
 
 def frames_from_shards(prefix: str, clip: str | None = None) -> TrackedFrames:
     """The driving frames of one clip in tracked pair shards (test_self / test_cross / train): the
     targets of its pairs plus their sources, by frame id; ``clip`` defaults to the first clip."""
-    from .eval.data import iter_tar, pair_identity
+    from .eval.data import pair_identity
+    from .shard_reader import shard_samples
 
     urls = storage.list_urls(prefix, suffix=".tar")
     if not urls:
         raise FileNotFoundError(f"{prefix}: no .tar shards (a driver is a video, an image or a shard prefix)")
     found: dict[str, dict[int, tuple[bytes, bytes]]] = {}
     for url in urls:
-        for sample in iter_tar(url):
+        for sample in shard_samples(url):
             meta = json.loads(sample.get("meta.json", b"{}") or b"{}")
             who = pair_identity(sample["__key__"], meta)
             for side, c, f in (("target", who["target_clip"], who["target_frame"]),

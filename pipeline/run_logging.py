@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -51,8 +52,7 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        append_line(self.metrics_path, json.dumps({"step": step, **metrics}))
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
         if self._bar is not None:
@@ -98,16 +98,46 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "loss_curves.png"
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line so that the file never keeps half of it: one write call, and if it fails
+    (disk full) the file is cut back to where it was. A torn tail left by an earlier crash is
+    ended with a newline first, so the new line stays whole."""
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError("short write")
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
 def read_history(path: Path) -> dict[str, list[tuple[int, float]]]:
     """metrics.jsonl → {metric: [(step, value), ...]} sorted by step; a step logged again after
-    a restart keeps its last value."""
+    a restart keeps its last value. Lines that are not whole JSON objects (a tail torn by a crash
+    or a full disk) are skipped with a warning."""
     by_step: dict[str, dict[int, float]] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    by_step.setdefault(key, {})[int(row["step"])] = float(value)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: line %d is not a whole record (torn by a crash?): skipped", path, number)
+            continue
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                by_step.setdefault(key, {})[step] = float(value)
     return {k: sorted(v.items()) for k, v in by_step.items()}
 
 

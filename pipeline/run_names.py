@@ -12,16 +12,20 @@ from .configtools import to_dict
 
 # where and how a run is stored or logged does not change what it trains
 _VOLATILE = {
-    # train.steps is left out too: resubmitting with more steps continues the same run
+    # train.steps is left out too: resubmitting with more steps continues the same run; so are the
+    # resources (workers, CPUs, GPU, compile): a run may resume on other hardware
     "train": {"storage_path", "run_name", "wandb_project", "max_failures", "keep_checkpoints", "log_every",
-              "image_every", "collective_timeout_s", "checkpoint_every", "val_every", "val_pairs", "steps"},
+              "image_every", "collective_timeout_s", "checkpoint_every", "val_every", "val_pairs", "steps",
+              "num_workers", "cpus_per_worker", "use_gpu", "compile", "cudnn_benchmark", "max_skipped_steps"},
+    "data": {"num_workers", "max_bad_samples", "max_bad_shards"},
     "eval": None,  # the whole eval section
     "synthetic": None,
     "preprocess": None,
 }
 
 
-def config_fingerprint(cfg: ExperimentConfig) -> str:
+def trained_config(cfg: ExperimentConfig) -> dict:
+    """The config as a plain dict without the fields that do not change what is trained."""
     data = to_dict(cfg)
     for section, keys in _VOLATILE.items():
         if keys is None:
@@ -29,7 +33,11 @@ def config_fingerprint(cfg: ExperimentConfig) -> str:
         else:
             for key in keys:
                 data.get(section, {}).pop(key, None)
-    blob = json.dumps(data, sort_keys=True).encode()
+    return data
+
+
+def config_fingerprint(cfg: ExperimentConfig) -> str:
+    blob = json.dumps(trained_config(cfg), sort_keys=True).encode()
     return hashlib.sha1(blob).hexdigest()[:8]
 
 

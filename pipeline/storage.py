@@ -163,7 +163,9 @@ def list_files(url: str, suffixes: Sequence[str] | None = None, recursive: bool 
         kwargs["Delimiter"] = "/"
     try:
         for page in s3_client(options).get_paginator("list_objects_v2").paginate(**kwargs):
-            out += [f"{S3_PREFIX}{bucket}/{o['Key']}" for o in page.get("Contents", []) if keep(o["Key"])]
+            # keys ending in "/" are folder markers (pyarrow writes them), not files
+            out += [f"{S3_PREFIX}{bucket}/{o['Key']}" for o in page.get("Contents", [])
+                    if keep(o["Key"]) and not o["Key"].endswith("/")]
     except Exception as exc:
         raise _s3_error(url, exc) from exc
     return sorted(out)

@@ -163,14 +163,12 @@ def _flat(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_sweep(spec: SweepSpec, extra: list[str] | None = None) -> dict[str, Any]:
-    """All cells on Ray Tune; writes table3.{md,csv,json} and bar charts; returns the table."""
+    """All cells on Ray Tune (on the connected cluster: the entry point runs ``ray.init``); writes
+    table3.{md,csv,json} and bar charts; returns the table."""
     from ray import tune
-
-    from .ray_cluster import ensure_ray
 
     spec = with_absolute_paths(spec)
     cells = resolve_cells(spec, extra)
-    ensure_ray()
     results_urls = {c.name: _cell_result_url(spec, c.name) for c in cells}
     param_space = {"cell": tune.grid_search([c.name for c in cells])}
     experiment = f"{spec.name}-tune"

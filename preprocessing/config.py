@@ -43,14 +43,43 @@ class DetectionConfig:
     # crop.scale keeps its meaning.
     head_widen: float = 1.2
     head_raise: float = 0.5  # extend the top by this fraction of the face box height
+    # Several faces in a frame: the largest wins; faces within ``size_tie`` (relative area) of the
+    # largest count as equally large, then the one nearest the frame centre, then the highest score.
+    # On later keyframes the face overlapping the previous choice most is followed.
+    size_tie: float = 0.15
 
 
 @dataclass(frozen=True)
 class CropConfig:
     scale: float = 1.65  # square side = scale · sqrt(w·h) of the (smoothed) head box
     size: int = 512  # output crop side
-    ema_alpha: float = 0.03  # box smoothing across frames: box_t = α·det_t + (1-α)·box_{t-1} (GAGAvatar_track)
+    # Box smoothing over frames, zero-phase (centred Gaussian of this σ, in frames; per shot): it
+    # removes detector jitter without the lag of GAGAvatar_track's causal EMA (α = 0.03 trails a
+    # moving subject by ~30 frames). 0 disables smoothing.
+    smooth_sigma_frames: float = 3.0
     keyframe_interval: int = 5  # detect every k-th frame, interpolate between
+
+
+@dataclass(frozen=True)
+class PresenceConfig:
+    """Which frames show a usable face, and where a clip changes shot or person
+    (preprocessing/presence.py). A frame that fails is dropped and counted, never given landmarks."""
+
+    min_visible: float = 0.8  # share of the 68 landmarks inside the frame (not in the crop's black padding)
+    min_box_overlap: float = 0.3  # IoU of the landmarks' box with the detected/interpolated face box
+    # A cut between consecutive keyframes: the colour-histogram (Hellinger) distance of the whole
+    # frame or of the face above these and above ``cut_relative`` × the clip's median keyframe-to-
+    # keyframe distance, or a face-box jump of more than ``cut_box_jump`` box sizes per keyframe.
+    # Measured on 16 real talking-head clips: within a clip ≤ 0.19 (frame) / ≤ 0.33 (face),
+    # between two clips' frames ≥ 0.28, 95% ≥ 0.51 (frame) / ≥ 0.23, 95% ≥ 0.42 (face).
+    cut_frame_distance: float = 0.3
+    cut_face_distance: float = 0.35
+    cut_relative: float = 3.0
+    cut_box_jump: float = 1.0
+    # After tracking: frames whose median 68-landmark residual (px at 512²) exceeds
+    # max(residual_floor_px, residual_factor × the clip's median) are dropped (the fit cannot explain them).
+    residual_factor: float = 3.0
+    residual_floor_px: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +96,7 @@ class TrackingConfig:
     lr_translation: float = 1.0e-2  # FLAME×5 world units (the head is ~1 unit wide)
     # Landmarks alone leave a shallow valley between head rotation and shape/expression; these
     # priors (per coefficient², summed; mean over frames) pick the plausible end of it.
-    shape_prior: float = 3.0e-2
+    shape_prior: float = 3.0e-4
     expression_prior: float = 1.0e-1
     jaw_prior: float = 1.0  # per radian²
     eye_prior: float = 1.0e-1
@@ -75,13 +104,30 @@ class TrackingConfig:
     contour_weight: float = 0.5  # landmarks 0–16 (jaw line: least reliable in detectors)
     pupil_weight: float = 0.5  # landmarks 68–69 (estimated from eye contours by the dlib path)
     robust_px: float = 8.0  # pseudo-Huber scale: residuals beyond this (px at 512²) count about linearly
+    # MediaPipe's dense landmarks (landmarks: mediapipe) are fitted through an embedding on the head:
+    # with the generated stand-in head a generated one (preprocessing/mediapipe_embedding.py); with
+    # a user-given FLAME ``mediapipe_embedding``: metrical-tracker's
+    # ``mediapipe_landmark_embedding.npz`` (lmk_face_idx, lmk_b_coords, landmark_indices).
+    mediapipe_embedding: str | None = None
+    # weight of the 70 iBUG points read off MediaPipe's mesh relative to a dense point, when the
+    # dense ones are fitted (0: where the detector and the head's own 68-point embedding disagree
+    # about a point, the embedding made for the detector is the one to trust)
+    ibug_weight_with_dense: float = 0.0
+    # MediaPipe also predicts each point's depth (same scale as x): weight of matching the model's
+    # relative depths to it (px at 512²), so the head's 3D layout, not only its 2D outline, follows
+    # the face. Without it the stand-in head reads real pitch swings ~0.65× (bench.tracking_real).
+    dense_depth_weight: float = 0.5
+    # Expression must not imitate head rotation: weight of the image motion (px² at 512², mean over
+    # frames) that expression alone gives the points it barely moves on a face (eye corners, nose),
+    # so that rotation has to explain theirs.
+    rigid_expression_prior: float = 0.5
     max_frames_per_batch: int = 1024  # frames optimised together (GAGAvatar_track uses 1024)
     device: str = "auto"  # auto: CUDA when present
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    min_frames: int = 25  # clips shorter than this are skipped (spec §3.3)
+    min_frames: int = 25  # clips shorter than this (or with fewer good frames) are skipped
     max_frames: int = 75  # frames kept per clip, evenly spaced (first frame always kept)
     pairs_per_target: int = 1
     # test_cross over the sorted test clips, wrap-around. "loader": as the official TrackedData
@@ -115,11 +161,17 @@ class PreprocessConfig:
     test_list: str = ""  # default: test.txt next to the videos
     # dlib | sidecar (generated clips' ground truth) | auto (sidecar where a clip has one, else dlib)
     detector: Literal["dlib", "sidecar", "auto"] = "dlib"
-    landmarks: Literal["dlib", "sidecar", "auto"] = "dlib"
+    # mediapipe (FaceMesh: 478 points, 68 + 2 derived from them) | dlib (68-point predictor) |
+    # sidecar | auto (sidecar where a clip has one, else mediapipe when installed, else dlib)
+    landmarks: Literal["mediapipe", "dlib", "sidecar", "auto"] = "auto"
+    # A folder's images directly under the input become single-frame clips ("stills": test_cross
+    # sources, reenactment sources; no train/test_self pairs). False: they are listed as skipped.
+    stills: bool = True
     matting_model: str | None = None  # torch.export .pt2 or TorchScript alpha net; None keeps the background
     retry_failed: bool = True  # on rerun, clips whose row says "failed" are processed again
     detection: DetectionConfig = DetectionConfig()
     crop: CropConfig = CropConfig()
+    presence: PresenceConfig = PresenceConfig()
     tracking: TrackingConfig = TrackingConfig()
     sampling: SamplingConfig = SamplingConfig()
     resources: ResourcesConfig = ResourcesConfig()

@@ -1,4 +1,4 @@
-"""Boxes and square crops: face box → head box → EMA-smoothed square crop, resized with black
+"""Boxes and square crops: face box → head box → smoothed square crop, resized with black
 padding outside the frame. Pixel coordinates: x right, y down, pixel i covers [i, i+1) (centres at
 +0.5), the same convention as model.geometry.project_points.
 
@@ -39,26 +39,17 @@ def square_crop_box(box: np.ndarray, scale: float) -> np.ndarray:
     return np.stack([cx - side / 2, cy - side / 2, side], -1)
 
 
-def ema_smooth(boxes: np.ndarray, alpha: float) -> np.ndarray:
-    """[K, 4] → [K, 4]: s_0 = b_0, s_t = α·b_t + (1-α)·s_{t-1} (GAGAvatar_track's smoothing)."""
+def smooth_boxes(boxes: np.ndarray, sigma: float) -> np.ndarray:
+    """[K, 4] → [K, 4]: a centred (zero-phase) Gaussian of σ = ``sigma`` frames over time, the
+    ends mirrored. Unlike a causal EMA it does not trail a moving face; σ ≤ 0 returns the boxes."""
     boxes = np.asarray(boxes, np.float64)
-    out = boxes.copy()
-    for t in range(1, len(boxes)):
-        out[t] = alpha * boxes[t] + (1.0 - alpha) * out[t - 1]
-    return out
-
-
-def interpolate_boxes(num_frames: int, key_indices: list[int], key_boxes: list[np.ndarray | None]) -> np.ndarray | None:
-    """Boxes for every frame [num_frames, 4] from detections on keyframes (None: nothing found):
-    linear between detected keyframes, held constant before the first and after the last.
-    None when no keyframe has a detection."""
-    found = [(i, b) for i, b in zip(key_indices, key_boxes) if b is not None]
-    if not found or num_frames <= 0:
-        return None
-    idx = np.array([i for i, _ in found], np.float64)
-    vals = np.stack([np.asarray(b, np.float64) for _, b in found])
-    frames = np.arange(num_frames, dtype=np.float64)
-    return np.stack([np.interp(frames, idx, vals[:, c]) for c in range(4)], -1)
+    if sigma <= 0 or len(boxes) < 2:
+        return boxes.copy()
+    radius = int(math.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    pad = np.pad(boxes, ((radius, radius), (0, 0)), mode="reflect" if len(boxes) > radius else "edge")
+    return np.stack([np.convolve(pad[:, c], taps, mode="valid") for c in range(boxes.shape[1])], -1)
 
 
 def to_crop(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:

@@ -26,7 +26,8 @@ class ClipRow:
     source: str = ""  # the input URL
     frames_total: int = 0  # decoded frames after the frame-rate drop
     frames_kept: int = 0  # frames in the shards
-    frames_dropped: int = 0  # selected frames without landmarks
+    frames_dropped: int = 0  # selected frames left out (no usable face, cut, fit outlier)
+    frames_dropped_by: dict[str, int] = field(default_factory=dict)  # the same by reason (preprocessing.clip)
     frame_ids: list[int] = field(default_factory=list)  # the kept frames (indices after the frame-rate drop)
     fps: float = 0.0
     residual_px: float | None = None  # median landmark reprojection error (68 iBUG), pixels at crop.size
@@ -37,6 +38,9 @@ class ClipRow:
     config_hash: str = ""  # of the settings that shape this clip's outputs
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     truth: dict[str, float] | None = None  # accuracy vs the generator's ground truth (evaluation.py)
+    kind: str = ""  # video | frames | still
+    faces_max: int = 0  # most faces seen on one keyframe (>1: see notes for which one was kept)
+    cuts: list[int] = field(default_factory=list)  # frames where a new shot starts (only one shot is kept)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -69,14 +73,23 @@ _NOT_PER_CLIP = ("input", "output", "train_list", "test_list", "retry_failed", "
 _SAMPLING_NOT_PER_CLIP = ("pairs_per_target", "cross_pairing", "samples_per_shard", "seed")
 
 
-def clip_config_hash(preprocess: Any, flame: Any, focal: float) -> str:
-    """Hash of everything that shapes one clip's outputs (crops, landmarks, tracking, FLAME, focal)."""
+def clip_config_hash(preprocess: Any, flame: Any, focal: float, *extra: Any) -> str:
+    """Hash of everything that shapes one clip's outputs (crops, landmarks, tracking, FLAME, focal,
+    and ``extra``: e.g. which detector ``auto`` stood for)."""
     data = dataclasses.asdict(preprocess)
     for key in _NOT_PER_CLIP:
         data.pop(key, None)
     for key in _SAMPLING_NOT_PER_CLIP:
         data["sampling"].pop(key, None)
-    return config_hash(data, flame, focal)
+    return config_hash(data, flame, focal, *extra)
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items()))
 
 
 def _median(values: list[float]) -> float | None:
@@ -100,6 +113,11 @@ def summarize(rows: list[ClipRow], shards: dict[str, list[dict[str, Any]]] | Non
         "residual_px_median": _median([r.residual_px for r in ok]),
         "residual_px_512_median": _median([r.residual_px_512 for r in ok]),
         "reasons": {r.clip_id: r.reason for r in rows if r.status != "ok"},
+        "frames_dropped_by": _sum_counts([r.frames_dropped_by for r in rows if r.status == "ok"]),
+        "several_faces": {r.clip_id: next((n for n in r.notes if n.startswith("several faces")), "several faces")
+                          for r in ok if r.faces_max > 1},
+        "cuts": {r.clip_id: r.cuts for r in ok if r.cuts},
+        "stills": sum(r.kind == "still" for r in ok),
     }
     truth = [r.truth for r in ok if r.truth]
     if truth:

@@ -69,36 +69,79 @@ def encode_pair(
     }
 
 
-def _find(sample: dict[str, Any], stem: str, exts: tuple[str, ...]) -> Any:
+class SampleError(ValueError):
+    """A sample that cannot be used: names the shard, the key and the problem."""
+
+    def __init__(self, sample: dict[str, Any], problem: str) -> None:
+        url = sample.get("__url__") or "?"
+        super().__init__(f"{url}: sample {sample.get('__key__', '?')!r}: {problem}")
+        self.url, self.key, self.problem = url, sample.get("__key__", "?"), problem
+
+
+def _find(sample: dict[str, Any], stem: str, exts: tuple[str, ...]) -> tuple[str, Any]:
     for ext in exts:
         if f"{stem}.{ext}" in sample:
-            return sample[f"{stem}.{ext}"]
-    raise KeyError(f"sample {sample.get('__key__', '?')}: no member {stem}.{{{','.join(exts)}}} (has {sorted(sample)})")
+            return f"{stem}.{ext}", sample[f"{stem}.{ext}"]
+    members = sorted(k for k in sample if not k.startswith("__"))
+    raise SampleError(sample, f"no member {stem}.{'|'.join(exts)} (has {', '.join(members) or 'none'})")
 
 
-def _decode_image(value: Any) -> np.ndarray:
+def _decode_image(sample: dict[str, Any], member: str, value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
-        return value
-    with Image.open(io.BytesIO(value)) as img:
-        return np.asarray(img.convert("RGB"))
+        image = value
+    else:
+        try:
+            with Image.open(io.BytesIO(value)) as img:
+                image = np.asarray(img.convert("RGB"))
+        except Exception as exc:  # PIL raises many kinds for broken files
+            detail = str(exc).split(" <")[0]  # PIL appends the stream's repr
+            raise SampleError(sample, f"{member} is not a decodable image ({type(exc).__name__}: {detail})") from exc
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise SampleError(sample, f"{member} is {image.dtype} {image.shape}, expected H×W×3 uint8")
+    return image
 
 
-def _decode_array(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value.astype(np.float32, copy=False)
-    return np.load(io.BytesIO(value), allow_pickle=False).astype(np.float32, copy=False)
+def _decode_params(sample: dict[str, Any], member: str, value: Any) -> np.ndarray:
+    try:
+        array = value if isinstance(value, np.ndarray) else np.load(io.BytesIO(value), allow_pickle=False)
+        params = np.asarray(array, dtype=np.float32).reshape(-1)
+    except Exception as exc:  # truncated .npy, object arrays (refused: no pickle), non-numeric dtypes
+        raise SampleError(sample, f"{member} is not a float array ({type(exc).__name__}: {exc})") from exc
+    if params.size != PARAM_SIZE:
+        raise SampleError(sample, f"{member} has {params.size} values, expected {PARAM_SIZE}")
+    bad = ~np.isfinite(params)
+    if bad.any():
+        raise SampleError(sample, f"{member} holds {int(bad.sum())} non-finite values (NaN/Inf at index "
+                                  f"{int(np.flatnonzero(bad)[0])})")
+    return params
 
 
-def decode_pair(sample: dict[str, Any]) -> dict[str, Any]:
+def pair_params(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The checked source and target parameters [428] of a raw sample (images left encoded)."""
+    source, target = (_decode_params(sample, *_find(sample, stem, ("params.npy",))) for stem in IMAGE_KEYS)
+    return source, target
+
+
+def decode_pair(sample: dict[str, Any], image_size: int | None = None) -> dict[str, Any]:
     """Raw sample (bytes, or already-decoded arrays) → ``source``/``target`` uint8 H×W×3,
-    ``source_params``/``target_params`` float32 [428], ``meta`` dict, ``key``."""
+    ``source_params``/``target_params`` float32 [428], ``meta`` dict, ``key``. Anything unusable
+    (missing member, broken image, images of different sizes or not ``image_size``² when given,
+    parameters that are not 428 finite numbers, meta.json that is not a JSON object) raises
+    :class:`SampleError` naming the shard and the key."""
     out: dict[str, Any] = {"key": sample.get("__key__", "")}
     for stem in IMAGE_KEYS:
-        out[stem] = _decode_image(_find(sample, stem, ("jpg", "png", "jpeg")))
-        params = _decode_array(_find(sample, stem, ("params.npy",))).reshape(-1)
-        if params.size != PARAM_SIZE:
-            raise ValueError(f"sample {out['key']}: {stem}.params.npy has {params.size} values, expected {PARAM_SIZE}")
-        out[f"{stem}_params"] = params
-    meta = _find(sample, "meta", ("json",))
-    out["meta"] = json.loads(meta) if isinstance(meta, (bytes, str)) else dict(meta)
+        out[stem] = _decode_image(sample, *_find(sample, stem, ("jpg", "png", "jpeg")))
+        out[f"{stem}_params"] = _decode_params(sample, *_find(sample, stem, ("params.npy",)))
+    if out["source"].shape != out["target"].shape:
+        raise SampleError(sample, f"source is {out['source'].shape[:2]}, target {out['target'].shape[:2]}")
+    if image_size is not None and out["source"].shape[:2] != (image_size, image_size):
+        raise SampleError(sample, f"images are {out['source'].shape[1]}×{out['source'].shape[0]}, the data's "
+                                  f"first sample is {image_size}×{image_size}")
+    member, meta = _find(sample, "meta", ("json",))
+    try:
+        out["meta"] = json.loads(meta) if isinstance(meta, (bytes, str)) else dict(meta)
+    except (ValueError, TypeError) as exc:
+        raise SampleError(sample, f"{member} is not valid JSON ({exc})") from exc
+    if not isinstance(out["meta"], dict):
+        raise SampleError(sample, f"{member} is not a JSON object")
     return out

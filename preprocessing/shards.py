@@ -1,8 +1,15 @@
-"""Writing WebDataset tars reproducibly, and the per-clip artifacts that shards are assembled from.
+"""Reading and writing WebDataset tars — the one reader that training, evaluation and
+preprocessing share — and the per-clip artifacts that shards are assembled from.
+
+What a sample is follows WebDataset's rule everywhere: a member's key is its path up to the first
+dot of its file name, the rest is the extension; consecutive members with the same key form one
+sample (``webdataset.tariterators.group_by_keys``), so a key met again later in the shard starts
+another sample, and a repeated member within a sample is an error. The writer refuses keys that
+this rule would cut (dots) or repeat, so what is written reads back as written.
 
 Tars are written by ``webdataset.TarWriter`` with a fixed mtime, owner and mode: the same samples
-give the same bytes, so a rerun produces identical shards. Members of a sample are adjacent, keys
-contain no dots, nothing is pickled.
+give the same bytes, so a rerun produces identical shards. Members of a sample are adjacent,
+nothing is pickled.
 
 Per-clip artifacts (``clips/`` of the output, written once per clip, read by the shard writers):
   ``{clip}.frames.tar``  one sample per kept frame, key ``{clip}_{frame:06d}``, member ``jpg``|``png``
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -28,13 +35,56 @@ TAR_MTIME = 0.0  # fixed so that identical samples give identical bytes
 TAR_USER = "gaga"
 
 
+class ShardReadError(ValueError):
+    """A tar that cannot be read (to the end): names the shard, the last sample read and the problem."""
+
+    def __init__(self, url: str, problem: str, last_key: str | None = None) -> None:
+        where = f" after sample {last_key!r}" if last_key else " before its first sample"
+        super().__init__(f"{url}: {problem}{where}")
+        self.url, self.problem, self.last_key = url, problem, last_key
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc.args[0]) if getattr(exc, "args", None) else str(exc)
+    return f"{type(exc).__name__}: {text.split(' @ ')[0][:200]}"  # webdataset appends ' @ <stream>'
+
+
+def iter_tar_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
+    """Samples of one tar stream by WebDataset's rules: ``{"__key__", "__url__", "<ext>": bytes}``
+    in file order. A tar that is empty, truncated or not a tar raises :class:`ShardReadError` after
+    the samples read before the problem (a valid tar with no members yields nothing)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    last_key = None
+    try:
+        files = tar_file_expander([{"url": url, "stream": stream}])
+        for sample in group_by_keys(files):
+            last_key = sample["__key__"]
+            yield sample
+    except Exception as exc:
+        raise ShardReadError(url, _describe(exc), last_key) from exc
+
+
+def check_key(key: str) -> str:
+    """A sample key WebDataset reads back unchanged: non-empty, no dot, no slash."""
+    if not key or "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} would not read back as written (WebDataset cuts keys at the "
+                         "first dot of the file name; keys may not contain '.' or '/')")
+    return key
+
+
 def write_tar(fileobj: BinaryIO, samples: Iterable[Mapping[str, Any]]) -> int:
-    """Write samples (``__key__`` + member bytes) as an uncompressed tar; returns the count."""
+    """Write samples (``__key__`` + member bytes) as an uncompressed tar; returns the count.
+    Keys must pass :func:`check_key` and be unique within the tar."""
     import webdataset as wds
 
-    count = 0
+    count, seen = 0, set()
     with wds.TarWriter(fileobj, user=TAR_USER, group=TAR_USER, mode=0o444, encoder=False, mtime=TAR_MTIME) as writer:
         for sample in samples:
+            key = check_key(str(sample["__key__"]))
+            if key in seen:
+                raise ValueError(f"sample key {key!r} written twice into one tar (it would read back as two samples)")
+            seen.add(key)
             writer.write(dict(sample))
             count += 1
     return count
@@ -46,20 +96,15 @@ def tar_bytes(samples: Iterable[Mapping[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def read_tar(data: bytes) -> dict[str, dict[str, bytes]]:
-    """Tar bytes → {key: {member extension: bytes}} (WebDataset's key/extension split at the first dot)."""
-    import tarfile
-
+def read_tar(data: bytes, name: str = "tar") -> dict[str, dict[str, bytes]]:
+    """Tar bytes → {key: {member extension: bytes}} (:func:`iter_tar_samples`; a key met twice is
+    an error here: these are our own per-clip files, written with unique keys)."""
     out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            key, _, ext = base.partition(".")
-            handle = tar.extractfile(member)
-            if handle is not None:
-                out.setdefault(key, {})[ext] = handle.read()
+    for sample in iter_tar_samples(io.BytesIO(data), name):
+        key = sample["__key__"]
+        if key in out:
+            raise ShardReadError(name, f"sample key {key!r} appears twice", key)
+        out[key] = {k: v for k, v in sample.items() if not k.startswith("__")}
     return out
 
 
@@ -77,7 +122,7 @@ def decode_frames(clip_id: str, data: bytes) -> dict[int, tuple[str, bytes]]:
     """``{clip}.frames.tar`` bytes → frame id → (extension, image bytes)."""
     out = {}
     prefix = f"{clip_id}_"
-    for key, members in read_tar(data).items():
+    for key, members in read_tar(data, f"{clip_id}.frames.tar").items():
         if not key.startswith(prefix) or len(members) != 1:
             raise ValueError(f"{clip_id}.frames.tar: unexpected sample {key!r} with members {sorted(members)}")
         (ext, payload), = members.items()

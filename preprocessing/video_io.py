@@ -137,7 +137,9 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
 
 
 class FrameFolderSource:
-    """One clip as a folder of images, sorted naturally by name. ``load(name) -> bytes`` reads one."""
+    """One clip as a folder of images, sorted naturally by name. ``load(name) -> bytes`` reads one.
+    An image that cannot be decoded is left out (a note names it; the clip keeps its other
+    frames); ``unreadable`` lists the indices left out so far."""
 
     def __init__(self, names: Sequence[str], load: Callable[[str], bytes], fps: float = 25.0, name: str = "frames") -> None:
         self.names = sorted(names, key=natural_key)
@@ -145,6 +147,7 @@ class FrameFolderSource:
         self.fps = float(fps)
         self.name = name
         self.notes: list[str] = []
+        self.unreadable: set[int] = set()
         if not self.names:
             raise DecodeError(f"{name}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.step = 2 if self.fps > HIGH_FPS else 1
@@ -154,9 +157,21 @@ class FrameFolderSource:
     def output_fps(self) -> float:
         return self.fps / self.step
 
+    @property
+    def frame_count(self) -> int:
+        return len(self.names)
+
+    def _decode(self, i: int) -> np.ndarray | None:
+        try:
+            return decode_image(self.load(self.names[i]), self.names[i])
+        except DecodeError as exc:
+            if i not in self.unreadable:
+                self.unreadable.add(i)
+                self.notes.append(f"frame {i} left out: {exc}")
+            return None
+
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        for index, name in enumerate(self.names):
-            yield index, decode_image(self.load(name), name)
+        return self.read(range(len(self.names)))
 
     def keyframes(self, interval: int) -> Iterator[tuple[int, np.ndarray]]:
         picks = list(range(0, len(self.names), max(1, int(interval))))
@@ -166,4 +181,32 @@ class FrameFolderSource:
 
     def read(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         for i in sorted(int(i) for i in indices):
-            yield i, decode_image(self.load(self.names[i]), self.names[i])
+            frame = self._decode(i)
+            if frame is not None:
+                yield i, frame
+
+
+class ArraySource:
+    """Frames already in memory, [K, H, W, 3] uint8 (a photo: K = 1)."""
+
+    def __init__(self, frames: np.ndarray | Sequence[np.ndarray], fps: float = 25.0) -> None:
+        self._frames = list(frames)
+        self.fps = float(fps)
+        self.notes: list[str] = []
+
+    @property
+    def frame_count(self) -> int:
+        return len(self._frames)
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        return self.read(range(len(self._frames)))
+
+    def keyframes(self, interval: int) -> Iterator[tuple[int, np.ndarray]]:
+        picks = list(range(0, len(self._frames), max(1, int(interval))))
+        if picks and picks[-1] != len(self._frames) - 1:
+            picks.append(len(self._frames) - 1)
+        return self.read(picks)
+
+    def read(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        for i in sorted(int(i) for i in indices):
+            yield i, np.asarray(self._frames[i])

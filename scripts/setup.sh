@@ -12,9 +12,12 @@ if [ ! -f "$stamp" ]; then
   # Pin the CPU build first: an unpinned torch would pull several GB of CUDA packages.
   # Off this machine, point pip at the CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
   "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
-  "${pip[@]}" -e ".[dev]"
+  "${pip[@]}" -e ".[dev,faces]"
   # lpips only for its learned linear weights (the package itself imports torchvision).
   "${pip[@]}" --no-deps "lpips>=0.1.4"
+  # MediaPipe FaceMesh for preprocessing: its protobuf<5 pin clashes with wandb; it runs with the
+  # protobuf 6 the faces extra installs (docs/install.md)
+  "${pip[@]}" --no-deps "mediapipe==0.10.14"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

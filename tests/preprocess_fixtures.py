@@ -95,3 +95,30 @@ def write_gagatrack(root: Path, frames_per_video: dict[str, int], payload: bytes
     env.close()
     (root / "optim.pkl").write_bytes(pickle.dumps(records))
     return records
+
+
+def shifted_clip(frames: np.ndarray, truth: ClipGroundTruth, shift_x: np.ndarray, fill: int = 0
+                 ) -> tuple[np.ndarray, ClipGroundTruth]:
+    """The clip with frame k's content moved right by shift_x[k] pixels (what leaves is gone, what
+    enters is ``fill``): a camera panning until the head has left the frame. Landmarks move along."""
+    from dataclasses import replace
+
+    out = np.full_like(frames, fill)
+    w = frames.shape[2]
+    for k, s in enumerate(np.asarray(shift_x, int)):
+        if s < w:
+            out[k, :, s:] = frames[k, :, :w - s]
+    landmarks = truth.landmarks.copy()
+    landmarks[..., 0] += np.asarray(shift_x, np.float32)[:, None]
+    return out, replace(truth, landmarks=landmarks)
+
+
+def concatenated_clip(first: tuple[np.ndarray, ClipGroundTruth], second: tuple[np.ndarray, ClipGroundTruth]
+                      ) -> tuple[np.ndarray, ClipGroundTruth]:
+    """Two clips one after the other (a cut from one person to another), ground truth joined."""
+    from dataclasses import replace
+
+    (fa, ta), (fb, tb) = first, second
+    joined = {name: np.concatenate([getattr(ta, name), getattr(tb, name)])
+              for name in ("expression", "pose", "eyes", "transform_matrix", "landmarks")}
+    return np.concatenate([fa, fb]), replace(ta, **joined)

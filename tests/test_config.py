@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,49 @@ def test_resolved_config_round_trips(tmp_path):
 def test_missing_preset_lists_presets():
     with pytest.raises(ConfigError, match="smoke"):
         load_config("no_such_preset")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps=0: must be > 0"),
+    ("train.checkpoint_every=0", "train.checkpoint_every=0: must be > 0"),
+    ("train.log_every=0", "train.log_every=0: must be > 0"),
+    ("data.batch_size=-2", "data.batch_size=-2: must be > 0"),
+    ("train.cpus_per_worker=0", "train.cpus_per_worker=0: must be > 0"),
+    ("train.num_workers=0", "train.num_workers=0: must be > 0"),
+    ("optim.lr=-0.001", "optim.lr=-0.001: must be ≥ 0"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas=\(0.9, 1.5\): must lie in \[0, 1\]"),
+    ("loss.image_weight=.nan", "loss.image_weight=nan: must be a finite number"),
+    ("train.num_workers=3", "not divisible by train.num_workers=3"),
+])
+def test_numbers_out_of_range_fail_at_load_time_with_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config("smoke", [override])
+    assert "\n" not in str(err.value)
+
+
+def test_broken_yaml_and_inherit_loops_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+") as err:
+        load_config(bad)
+    assert "\n" not in str(err.value)
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match=r"inherit loop \(a.yaml → b.yaml → a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match=r"--set 'train.steps=\[1': the value is not valid YAML"):
+        load_config("smoke", ["train.steps=[1"])
+    (tmp_path / "child.yaml").write_text("inherit: smoke\ntrain: {steps: 3}\n")
+    assert load_config(tmp_path / "child.yaml").train.steps == 3
+
+
+def test_the_command_line_prints_one_line_for_a_bad_config(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: 0}\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(bad)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "config error: train.steps=0: must be > 0"

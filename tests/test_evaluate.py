@@ -64,12 +64,13 @@ def write_test_shards(root: Path, dataset: Path, size: int) -> dict[str, str]:
 def make_smoke_checkpoint(directory: Path, cfg, shard: str, steps: int = 3) -> Path:
     """A few train_steps of the smoke model on the shard's pairs, saved as our checkpoint."""
     from pipeline.checkpoint import TrainProgress, save_checkpoint
-    from pipeline.data import collate_pairs, read_eval_pairs
+    from pipeline.data import collate_pairs
+    from pipeline.shard_reader import read_pairs
     from pipeline.step import build_train_state, train_step
 
     torch.manual_seed(0)
     state = build_train_state(cfg, torch.device("cpu"))
-    batch = collate_pairs(read_eval_pairs(shard, limit=2))
+    batch = collate_pairs(read_pairs(shard, limit=2))
     for _ in range(steps):
         losses, _ = train_step(state, batch)
     assert torch.isfinite(losses["total"])
@@ -105,10 +106,19 @@ def test_gaga_eval_on_generated_shards(setup, ray_cluster, capsys):  # noqa: F81
     report = json.loads((out / "results.json").read_text())
     # two test clips: self pairs clip→clip, cross pairs clip i+1 → clip i; one driving frame each
     assert report["aggregates"]["self"]["pairs"] == 2 and report["aggregates"]["cross"]["pairs"] == 2
-    for m in ("psnr", "ssim", "lpips", "csim", "aed", "apd", "akd"):
+    for m in ("psnr", "ssim", "lpips"):  # pixel metrics: always scored
         assert report["self"][m] is not None and np.isfinite(report["self"][m]), m
-    for m in ("csim", "aed", "apd"):
-        assert report["cross"][m] is not None and np.isfinite(report["cross"][m]), m
+    # face metrics: a mean over the frames where dlib found faces (a 3-step model renders none), and the count
+    for split, metrics in (("self", ("csim", "aed", "apd", "akd")), ("cross", ("csim", "aed", "apd"))):
+        agg = report["aggregates"][split]
+        assert set(agg["scored"]) == set(metrics)
+        for m in metrics:
+            n = agg["scored"][m]
+            assert 0 <= n <= agg["pairs"] and agg["scored_rate"][m] == n / agg["pairs"]
+            assert (report[split][m] is None) == (n == 0), (split, m, n)
+            if n < agg["pairs"]:
+                assert any(w.startswith(f"{split}: face metrics scored on fewer than all") and f"{m.upper()} {n}" in w
+                           for w in report["warnings"])
     assert printed["self"] == report["self"]
     text = " ".join(report["warnings"])
     for needle in ("RANDOM AlexNet", "generated stand-in head", "RANDOM weights", "smoke model", "dlib's face descriptor",
@@ -116,11 +126,13 @@ def test_gaga_eval_on_generated_shards(setup, ray_cluster, capsys):  # noqa: F81
         assert needle in text, needle
     md = (out / "results.md").read_text()
     assert "NOT comparable" in md and "| **ours (ours, step 3)** |" in md and "| GAGAvatar | 21.83 |" in md
+    assert "- self: 2 frames (pairs)" in md and "frames scored: CSIM" in md
     with open(out / "results.csv") as fh:
         table = list(csv.DictReader(fh))
     assert table[0]["method"].startswith("ours") and table[-1]["method"] == "GAGAvatar"
     assert float(table[-1]["self_psnr"]) == 21.83 and float(table[-1]["cross_apd"]) == 0.247
     assert table[0]["note"].startswith("NOT comparable") and "RANDOM AlexNet" in table[0]["note"]
+    assert table[0]["self_frames"] == "2" and table[0]["cross_frames"] == "2" and table[0]["self_akd_scored"] != ""
     with open(out / "per_frame.csv") as fh:
         frames = list(csv.DictReader(fh))
     assert len(frames) == 4 and {f["split"] for f in frames} == {"self", "cross"}

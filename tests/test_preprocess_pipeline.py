@@ -50,7 +50,8 @@ def cfg():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """8 generated clips (6 train, 2 test) of 10 frames at 128², one of them also as a folder of
-    PNG frames (VFHQ's layout), and four broken inputs."""
+    PNG frames (VFHQ's layout) with one corrupt frame, again as ``dup.mp4`` and ``dup.mkv`` (one
+    name, two files), its first frame as a still, and four broken inputs."""
     from preprocessing.synthetic import ensure_dataset
 
     synth = SyntheticDataConfig(identities=4, clips_per_identity=2, frames_per_clip=10, resolution=128,
@@ -64,13 +65,18 @@ def dataset(tmp_path_factory) -> Path:
     folder.mkdir()
     for index, frame in VideoSource(good).frames():
         PIL.Image.fromarray(frame).save(folder / f"{index}.png")
-    shutil.copy(root / "sidecars" / f"{first.stem}.npz", root / "sidecars" / "folderclip.npz")
+    (folder / "4.png").write_bytes(b"\x89PNG not really")  # one corrupt frame: dropped, the clip kept
+    PIL.Image.open(folder / "0.png").save(videos / "portrait.png")  # a still
+    for name in ("folderclip", "portrait", "dup"):
+        shutil.copy(root / "sidecars" / f"{first.stem}.npz", root / "sidecars" / f"{name}.npz")
+    (videos / "dup.mp4").write_bytes(good)
+    (videos / "dup.mkv").write_bytes(good)
     (videos / "bad-empty.mp4").write_bytes(b"")
     (videos / "bad-truncated.mp4").write_bytes(good[: len(good) // 2])
     write_video(videos / "bad-noface.mp4", np.full((10, 96, 96, 3), 128, np.uint8))
     write_video(videos / "bad-short.mp4", np.full((4, 96, 96, 3), 128, np.uint8))
     with (root / "train.txt").open("a") as fh:
-        fh.write("".join(f"{name}\n" for name in [*BAD, "folderclip"]))
+        fh.write("".join(f"{name}\n" for name in [*BAD, "folderclip", "portrait", "dup"]))
     return root
 
 
@@ -108,18 +114,27 @@ def local_run(ray_cluster, cfg, dataset, tmp_path_factory):  # noqa: F811
 
 def test_local_run_shards_good_clips_and_explains_bad_ones(local_run):
     out, summary = local_run
-    assert summary["status"] == {"ok": 9, "skipped": 4, "failed": 0}, summary["reasons"]
+    assert summary["status"] == {"ok": 12, "skipped": 4, "failed": 0}, summary["reasons"]
     rows = {r["clip_id"]: r for r in map(json.loads, (out / MANIFEST).read_text().splitlines())}
     for clip, reason in BAD.items():
         assert rows[clip]["status"] == "skipped" and reason in rows[clip]["reason"], rows[clip]
         assert clip in rows[clip]["reason"]  # the message names the input
-    ok = [r for r in rows.values() if r["status"] == "ok"]
+    ok = [r for r in rows.values() if r["status"] == "ok" and r["kind"] == "video"]
     assert all(r["frames_kept"] == 10 and r["residual_px"] is not None and r["truth"] for r in ok)
-    assert summary["samples"] == {"train": 70, "test_self": 18, "test_cross": 18}
-    assert summary["truth"]["clips"] == 9 and summary["truth"]["rotation_error_deg"] < 5
-    # the frame folder is the same clip as its video: same crops, same tracking
+    # one corrupt frame of a folder: that frame is dropped and named, the clip kept
+    folder = rows["folderclip"]
+    assert folder["frames_kept"] == 9 and 4 not in folder["frame_ids"] and folder["frames_dropped_by"] == {"unreadable": 1}
+    assert any("4.png" in n for n in folder["notes"])
+    # dup.mp4 and dup.mkv: two clips with distinct ids, the collision noted
+    dups = [r for c, r in rows.items() if c.startswith("dup-")]
+    assert len(dups) == 2 and all(r["status"] == "ok" and "shares its name" in r["notes"][0] for r in dups)
+    # the still: one tracked frame, a source only (no train pairs)
+    assert rows["portrait"]["kind"] == "still" and rows["portrait"]["frame_ids"] == [0] and summary["stills"] == 1
+    assert summary["samples"] == {"train": 89, "test_self": 18, "test_cross": 18}
+    assert summary["truth"]["clips"] == 12 and summary["truth"]["rotation_error_deg"] < 5
+    # the frame folder is the same clip as its video (less one frame): about the same tracking
     video_clip = sorted(c for c in rows if c.startswith("synth"))[0]
-    assert rows["folderclip"]["residual_px"] == pytest.approx(rows[video_clip]["residual_px"], rel=0.05)
+    assert rows["folderclip"]["residual_px"] == pytest.approx(rows[video_clip]["residual_px"], rel=0.15)
     for split, count in summary["samples"].items():
         samples = _read_split(str(out / split))
         assert len(samples) == count
@@ -128,7 +143,7 @@ def test_local_run_shards_good_clips_and_explains_bad_ones(local_run):
     meta = decode_pair(cross)["meta"]
     assert meta["source_clip"] != meta["target_clip"] and meta["source_frame"] == 0
     index = json.loads((out / SHARD_INDEX).read_text())
-    assert [e["name"] for e in index["train"]] == [f"train-{i:06d}.tar" for i in range(5)]
+    assert [e["name"] for e in index["train"]] == [f"train-{i:06d}.tar" for i in range(6)]  # 89 pairs, 16 a shard
 
 
 def test_rerun_skips_done_clips_and_reproduces_identical_shards(local_run, cfg, dataset):
@@ -162,7 +177,7 @@ def test_s3_input_and_output(ray_cluster, s3_server, cfg, dataset, local_run, mo
     storage.write_text("s3://clips/data/train.txt", "\n".join(lines) + "\n")
 
     summary = run_preprocess(cfg, "s3://clips/data", "s3://shards/prep")
-    assert summary["status"] == {"ok": 9, "skipped": 0, "failed": 1}, summary["reasons"]
+    assert summary["status"] == {"ok": 12, "skipped": 0, "failed": 1}, summary["reasons"]
     assert "InvalidObjectState" in summary["reasons"]["archived"] and "s3://clips/data/videos/archived.mp4" in summary["reasons"]["archived"]
     local_out, local_summary = local_run
     for split, count in local_summary["samples"].items():
@@ -175,7 +190,7 @@ def test_s3_input_and_output(ray_cluster, s3_server, cfg, dataset, local_run, mo
     local = json.loads((local_out / SHARD_INDEX).read_text())
     assert {s: [e["sha256"] for e in v] for s, v in remote.items()} == {s: [e["sha256"] for e in v] for s, v in local.items()}
     manifest = storage.read_text("s3://shards/prep/" + MANIFEST)
-    assert len(manifest.splitlines()) == 10
+    assert len(manifest.splitlines()) == 13
 
 
 def test_import_gagatrack_through_the_entry_point(ray_cluster, tmp_path, capsys):  # noqa: F811

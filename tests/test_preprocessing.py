@@ -111,12 +111,20 @@ def test_crop_boxes_and_image():
     np.testing.assert_allclose(head, [5.0, 10.0, 35.0, 40.0])
 
 
-def test_keyframe_interpolation_and_ema():
-    boxes = C.interpolate_boxes(5, [0, 2, 4], [np.array([0, 0, 10, 10.0]), None, np.array([4, 0, 14, 10.0])])
-    np.testing.assert_allclose(boxes[:, 0], [0, 1, 2, 3, 4])
-    assert C.interpolate_boxes(3, [0, 2], [None, None]) is None
-    smooth = C.ema_smooth(np.array([[0.0] * 4, [10.0] * 4]), 0.25)
-    np.testing.assert_allclose(smooth[1], [2.5] * 4)
+def test_keyframe_interpolation_and_zero_phase_smoothing():
+    from preprocessing.presence import KeyframeScan, shot_boxes
+
+    nan = np.full(4, np.nan)
+    scan = KeyframeScan(5, (20, 20), np.array([0, 2, 4]), np.stack([[0, 0, 10, 10.0], nan, [4, 0, 14, 10.0]]),
+                        np.array([1, 0, 1]), np.zeros((3, 1)), np.zeros((3, 1)))
+    np.testing.assert_allclose(shot_boxes(scan, 0, 4)[:, 0], [0, 1, 2, 3, 4])
+    assert shot_boxes(scan, 1, 1) is None  # no detected keyframe inside
+    # a box moving at constant speed: the centred smoothing follows it without lag (an EMA trails)
+    moving = np.stack([np.arange(40.0) * 3] * 4, 1)
+    smooth = C.smooth_boxes(moving, 3.0)
+    np.testing.assert_allclose(smooth[10:30], moving[10:30], atol=1e-9)
+    jitter = moving + np.random.default_rng(0).normal(0, 2, moving.shape)
+    assert np.abs(C.smooth_boxes(jitter, 3.0) - moving)[5:35].std() < 0.5 * np.abs(jitter - moving).std()
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -202,7 +210,7 @@ def test_tracking_recovers_generated_ground_truth(generated, flame):
         truth = truth_from_bytes((generated / "sidecars" / f"{video.stem}.npz").read_bytes())
         clip = crop_clip(video.stem, VideoSource(video.read_bytes()), SidecarFaceDetector(truth),
                          SidecarLandmarkDetector(truth), cfg)
-        track = track_clip(clip, flame, cfg, focal=12.0)
+        track = track_clip(clip, flame, cfg, focal=12.0).track
         params = FrameParams.unpack(track.packed()[0])
         assert np.all(params.pose[:3] == 0) and params.transform_matrix.shape == (3, 4)
         assert np.all((track.bbox >= 0) & (track.bbox <= 1)) and np.all(track.bbox[:, 2:] > track.bbox[:, :2])
@@ -394,13 +402,13 @@ def test_local_storage_helpers(tmp_path):
 
 
 def test_pool_sizes_keep_room_for_readers():
-    from pipeline.preprocess import pool_sizes
+    from pipeline.preprocess import preprocess_pools
     from preprocessing.config import ResourcesConfig
 
     res = ResourcesConfig()
-    cpu = pool_sizes(res, {"CPU": 2})
+    cpu = preprocess_pools(res, {"CPU": 2})
     assert (cpu.trackers, cpu.readers, cpu.tracker_gpus) == (1, 1, 0.0)
-    big = pool_sizes(res, {"CPU": 16})
+    big = preprocess_pools(res, {"CPU": 16})
     assert big.trackers == 8 and big.readers == 8
-    gpu = pool_sizes(replace(res, gpus_per_tracker=0.5), {"CPU": 16, "GPU": 2})
+    gpu = preprocess_pools(replace(res, gpus_per_tracker=0.5), {"CPU": 16, "GPU": 2})
     assert (gpu.trackers, gpu.tracker_gpus, gpu.readers) == (4, 0.5, 12)

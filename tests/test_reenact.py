@@ -184,3 +184,34 @@ def test_compile_modes_that_capture_their_own_graphs_are_refused(mode):
     with pytest.raises(ValueError, match="max-autotune-no-cudagraphs"):
         ReenactOptions.fast(compile=True, compile_mode=mode)
     ReenactOptions.fast(compile=True, compile_mode="max-autotune-no-cudagraphs")  # the tuned mode is accepted
+
+
+@pytest.mark.parametrize("graphed", [False, True])
+def test_several_streams_in_one_batch_give_each_stream_its_single_source_frames(smoke, monkeypatch, graphed):
+    """S sources, B frames per call, frame i from source ``sources[i]``: each frame equals the
+    one-source, one-frame render; the graph path's buffers follow a new assignment and new sources."""
+    import dataclasses
+
+    import model.reenactment as reenactment
+
+    cfg, model, flame = smoke
+    monkeypatch.setattr(reenactment, "_Graph", _ReplayByCalling)
+    size = cfg.camera.image_size
+    g = torch.Generator().manual_seed(5)
+    images, shapes = torch.rand(2, 3, size, size, generator=g), torch.randn(2, 300, generator=g) * 0.5
+    cams = look_at_transform(9.3, euler_to_matrix(torch.tensor([0.0, 0.3]), torch.zeros(2), torch.zeros(2)))
+    streams = Reenactor(model, flame, ReenactOptions(splat_quats=graphed))
+    if graphed:
+        streams.options = dataclasses.replace(streams.options, cuda_graphs=True)  # past the CUDA check: the plumbing only
+    single = Reenactor(model, flame)
+    expression, pose, eyes, transform = _driver(3, 6)
+    for sources, flip in (((0, 1, 1), False), ((1, 0, 0), False), ((1, 0, 0), True)):
+        imgs, shps = (images.flip(0), shapes.flip(0)) if flip else (images, shapes)
+        streams.set_source(imgs, shps, cams)
+        out = streams(expression, pose, eyes, transform, sources=sources)
+        for i, s in enumerate(sources):
+            single.set_source(imgs[s:s + 1], shps[s:s + 1], cams[s:s + 1])
+            want = single(expression[i:i + 1], pose[i:i + 1], eyes[i:i + 1], transform[i:i + 1])
+            assert torch.allclose(out.refined[i], want.refined[0], atol=1e-5), (sources, flip, i)
+    with pytest.raises(ValueError, match="sources"):
+        streams(expression, pose, eyes, transform, sources=(0, 2, 1))

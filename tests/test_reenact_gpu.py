@@ -49,7 +49,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def test_eager_reenactor_equals_forward_on_gpu(paper):
+def test_eager_reenactor_equals_forward_on_gpu(paper, monkeypatch):
+    # true fp32 convolutions: with cuDNN's TF32 default the batch-1 reconstruction (Reenactor) and
+    # the batch-2 one (forward) pick different kernels, and the unbounded plane colours of the
+    # coarse splat then differ by ~0.06 (measured on an H200), which is not what this test is about
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model, flame = paper
     image, shape, src_T, expression, pose, eyes, T = _inputs(0)
     reenactor = Reenactor(model, flame)

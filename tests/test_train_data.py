@@ -1,6 +1,7 @@
 """The training data stream: deterministic, resumable, equal steps on every rank."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_ranks_get_disjoint_shards_and_never_run_dry(shards):
 def test_prefetching_loader_batches_in_order_and_tracks_position(shards):
     source = ShardPairSource(shards, seed=2)
     expected = _ids(ShardPairSource(shards, seed=2).iter_from(0), 12)
-    loader = PrefetchingLoader(source, batch_size=4, start_batch=0, threads=3)
+    loader = PrefetchingLoader(source, batch_size=4, start=0, threads=3)
     got = []
     for _ in range(3):
         batch = next(loader)
@@ -70,7 +71,7 @@ def test_prefetching_loader_batches_in_order_and_tracks_position(shards):
         assert np.allclose(batch.source_image[:, 0, 0, 0].numpy() * 255, [int(k.rsplit("_", 1)[1]) for k in batch.keys])
     loader.close()
     assert got == expected and loader.position == 12
-    resumed = PrefetchingLoader(ShardPairSource(shards, seed=2), batch_size=4, start_batch=2, threads=2)
+    resumed = PrefetchingLoader(ShardPairSource(shards, seed=2), batch_size=4, start=8, threads=2)
     assert [int(k.rsplit("_", 1)[1]) for k in next(resumed).keys] == expected[8:12]
     resumed.close()
 
@@ -81,3 +82,17 @@ def test_mock_source_feeds_the_same_collate():
                 "target_params": _params(i).pack(), "meta": {}} for i in range(3)]
     batch = collate_pairs(list(itertools.islice(MockPairSource(samples).iter_from(1), 4)))
     assert batch.keys == ["k1", "k2", "k0", "k1"]
+
+
+def test_data_shuffle_shards_is_the_shuffle_window(shards):
+    """data.shuffle_shards: how many shards are pooled before shuffling (1: one shard at a time)."""
+    from pipeline.config import load_config
+    from pipeline.train import make_source
+
+    folder = str(Path(shards[0]).parent)
+    one = make_source(load_config("smoke", [f"data.train_shards={folder}", "data.shuffle_shards=1"]), 0, 1)
+    five = make_source(load_config("smoke", [f"data.train_shards={folder}", "data.shuffle_shards=5"]), 0, 1)
+    clips_one = [s["__key__"].split("_")[0] for s in itertools.islice(one.iter_from(0), 7)]
+    clips_five = [s["__key__"].split("_")[0] for s in itertools.islice(five.iter_from(0), 7)]
+    assert len(set(clips_one)) == 1  # the first 7 samples: all of one shard
+    assert len(set(clips_five)) > 1  # pooled over the five shards

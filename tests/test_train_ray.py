@@ -58,13 +58,13 @@ def test_two_workers_train_and_the_loss_goes_down(uninterrupted):
     assert load_progress(result.checkpoint_path).step == STEPS
     history = [load_progress(p).metrics["loss/total"] for p in sorted(Path(storage, "straight").glob("checkpoint_0*"))]
     assert len(history) >= 2 and history[-1] < 0.8 * history[0], history
-    assert (result.run_dir / "config.yaml").is_file()
-    assert list((result.run_dir / "images").glob("train_*.png"))  # the image panel was written
+    assert (Path(result.run_dir) / "config.yaml").is_file()
+    assert list((Path(result.run_dir) / "images").glob("train_*.png"))  # the image panel was written
     from pipeline.run_logging import read_history
 
-    logged = read_history(result.run_dir / "metrics.jsonl")["loss/total"]  # what loss_curves.png draws
+    logged = read_history(Path(result.run_dir) / "metrics.jsonl")["loss/total"]  # what loss_curves.png draws
     assert [s for s, _ in logged] == list(range(15, STEPS + 1, 15)) and logged[-1][1] < logged[0][1]
-    assert (result.run_dir / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (Path(result.run_dir) / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_killed_worker_resumes_and_ends_identical(uninterrupted, shards, tmp_path):
@@ -81,12 +81,12 @@ def test_killed_worker_resumes_and_ends_identical(uninterrupted, shards, tmp_pat
     deadline = time.time() + 600
     while not list((storage / "killed").glob("checkpoint_0000015")) and time.time() < deadline:
         time.sleep(0.5)
-    pid = int((pid_dir / "rank1.pid").read_text())
+    pid = int((pid_dir / "rank1.pid").read_text().split()[-1])
     os.kill(pid, signal.SIGKILL)  # a crashed worker mid-run
     worker.join(timeout=900)
     result = outcome["result"]
     assert load_progress(result.checkpoint_path).step == STEPS
-    assert int((pid_dir / "rank1.pid").read_text()) != pid  # the worker group was restarted
+    assert int((pid_dir / "rank1.pid").read_text().split()[-1]) != pid  # the worker group was restarted
     a, b = _params(reference.checkpoint_path), _params(result.checkpoint_path)
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6
 
@@ -111,7 +111,7 @@ def test_resubmitting_a_finished_run_resumes_instead_of_restarting(uninterrupted
     assert any(row["op"] == "aten::convolution_backward" for row in ops["top_ops"])  # backward is inside
 
 
-def test_shards_and_checkpoints_on_s3(ray_cluster, s3_server, shards, monkeypatch):  # noqa: F811
+def test_shards_and_checkpoints_on_s3(ray_cluster, s3_server, shards, monkeypatch, tmp_path):  # noqa: F811
     from pipeline import storage
     from pipeline.train import run_training
 
@@ -132,3 +132,12 @@ def test_shards_and_checkpoints_on_s3(ray_cluster, s3_server, shards, monkeypatc
                              "train.num_workers=1", "train.checkpoint_every=5", "train.log_every=5", "train.image_every=0"))
     state = storage.read_text(f"s3://gaga/runs/on-s3/{Path(more.checkpoint_path).name}/state.json")
     assert '"step": 15' in state and result.checkpoint_path != more.checkpoint_path
+    # the run's own files reached the bucket (not the worker's scratch folder), history included
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="gaga", Prefix="runs/on-s3/")["Contents"]}
+    assert {"runs/on-s3/config.yaml", "runs/on-s3/metrics.jsonl", "runs/on-s3/loss_curves.png"} <= keys
+    from pipeline.run_logging import read_history
+
+    local = Path(tmp_path) / "metrics.jsonl"
+    local.write_text(storage.read_text("s3://gaga/runs/on-s3/metrics.jsonl"))
+    assert [s for s, _ in read_history(local)["loss/total"]] == [5, 10, 15]
+    assert "s3://gaga/runs/on-s3/metrics.jsonl" in more.files

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-# GAGAvatar's numbers (spec §1.1, §1.6): 5,023 expression + 2·296² plane Gaussians, focal 12
+# GAGAvatar's numbers (docs/released_model.md, 'Constants'): 5,023 expression + 2·296² plane Gaussians, focal 12
 # in NDC, camera about 9.3 units from the FLAME(×5) head centre.
 NUM_GAUSSIANS = 180_255
 NUM_EXPRESSION = 5_023

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import torch
 
 from .. import storage
-from ..checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
+from ..checkpoint import CONFIG_FILE, STATE_FILE, load_weights, local_copy, resolve_checkpoint
 from ..config import ExperimentConfig, load_config
+
+log = logging.getLogger("gaga.eval")
 
 PAPER_STEPS = 200_000
 
@@ -34,46 +37,45 @@ class CheckpointInfo:
     step: int | None = None  # optimizer steps (ours)
     run_name: str = ""
     warnings: list[str] = field(default_factory=list)  # why the numbers are not the paper's
+    chosen: str = ""  # how --checkpoint was resolved (resolve_checkpoint)
 
     def summary(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "step": self.step, "run_name": self.run_name,
+        return {"path": self.path, "kind": self.kind, "chosen": self.chosen, "step": self.step, "run_name": self.run_name,
                 "flame": self.config.flame.path or "generated stand-in head",
                 "backbone_weights": self.config.model.backbone.weights, "warnings": list(self.warnings)}
 
 
-def _is_checkpoint_dir(path: str) -> bool:
-    return storage.exists(storage.join(path, MODEL_FILE)) and storage.exists(storage.join(path, CONFIG_FILE))
-
-
 def inspect_checkpoint(checkpoint: str, cfg: ExperimentConfig) -> CheckpointInfo:
-    """Kind, config and comparability warnings of a checkpoint (reads no weights)."""
+    """Kind, config and comparability warnings of a checkpoint (reads no weights); ``checkpoint``
+    is anything :func:`resolve_checkpoint` accepts, and ``info.chosen`` says what it took."""
     if not checkpoint:
-        raise ValueError("no checkpoint: pass --checkpoint (our checkpoint directory or the released GAGAvatar.pt)")
-    checkpoint = checkpoint.rstrip("/")
-    if _is_checkpoint_dir(checkpoint):
+        raise ValueError("no checkpoint: pass --checkpoint (a run folder, one of its checkpoint folders, or the "
+                         "released GAGAvatar.pt)")
+    checkpoint, kind, chosen = resolve_checkpoint(checkpoint)
+    log.info("checkpoint: %s", chosen)
+    if kind == "ours":
         with tempfile.TemporaryDirectory(prefix="gaga-ckpt-cfg-") as tmp:
             local = Path(tmp) / CONFIG_FILE
             local.write_text(storage.read_text(storage.join(checkpoint, CONFIG_FILE)))
             trained = load_config(local)
         used = dataclasses.replace(cfg, model=trained.model, camera=trained.camera, flame=trained.flame)
-        info = CheckpointInfo(checkpoint, "ours", used)
+        info = CheckpointInfo(checkpoint, "ours", used, chosen=chosen)
         state_url = storage.join(checkpoint, STATE_FILE)
         if storage.exists(state_url):
             state = json.loads(storage.read_text(state_url))
             info.step, info.run_name = int(state.get("step", 0)), str(state.get("run_name", ""))
         if not trained.model.backbone.weights:
-            info.warnings.append("the DINOv2 backbone had RANDOM weights when this model was trained "
-                                 "(model.backbone.weights unset; it is frozen, so it stayed random)")
+            info.warnings.append(
+                "the DINOv2 backbone started from RANDOM weights (model.backbone.weights unset)"
+                + ("; it is frozen, so it stayed random" if trained.model.backbone.frozen
+                   else "; it was trained with the rest, not the pretrained DINOv2 of the paper"))
         if info.step is not None and info.step < PAPER_STEPS:
             info.warnings.append(f"trained {info.step:,} steps of the paper's {PAPER_STEPS:,}"
                                  + (" — a smoke model: the numbers only check the pipeline" if info.step < 1000 else ""))
         if not is_paper_architecture(trained):
             info.warnings.append("not the paper's architecture or resolution (model/camera differ from the paper preset)")
     else:
-        if not storage.exists(checkpoint):
-            raise FileNotFoundError(f"{checkpoint}: neither a checkpoint directory ({MODEL_FILE} + {CONFIG_FILE}) "
-                                    "nor a file (the released GAGAvatar.pt)")
-        info = CheckpointInfo(checkpoint, "official", cfg)
+        info = CheckpointInfo(checkpoint, "official", cfg, chosen=chosen)
     if not info.config.flame.path:
         info.warnings.append("FLAME is the generated stand-in head, not FLAME 2020: numbers are not comparable "
                              "with the paper")
@@ -89,22 +91,25 @@ def is_paper_architecture(cfg: ExperimentConfig) -> bool:
 
 
 def load_model(info: CheckpointInfo, device: torch.device | str = "cpu"):
-    """Build the GAGAvatar of ``info.config`` and load the checkpoint's weights (strict, except the
-    training-only ``percep_loss.*``); returns the model in eval mode on ``device``."""
+    """Build the GAGAvatar of ``info.config`` and load the checkpoint's weights (ours: strict,
+    ``pipeline.checkpoint.load_weights``; the released file: strict except the training-only
+    ``percep_loss.*``, ``load_official``); returns the model in eval mode on ``device``."""
     from model.gagavatar import GAGAvatar
     from model.official_checkpoint import load_official
 
     cfg = info.config
     backbone = dataclasses.replace(cfg.model.backbone, weights=None)  # the checkpoint holds the backbone
     model = GAGAvatar(dataclasses.replace(cfg.model, backbone=backbone), cfg.camera, cfg.rasterizer)
-    url = storage.join(info.path, MODEL_FILE) if info.kind == "ours" else info.path
-    if storage.is_s3(url):
+    if info.kind == "ours":
+        with local_copy(info.path) as directory:
+            load_weights(directory, model)
+    elif storage.is_s3(info.path):
         with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-            tmp.write(storage.read_bytes(url))
+            tmp.write(storage.read_bytes(info.path))
             tmp.flush()
             load_official(tmp.name, model=model)
     else:
-        load_official(str(storage.local_path(url)), model=model)
+        load_official(str(storage.local_path(info.path)), model=model)
     return model.to(device).eval()
 
 

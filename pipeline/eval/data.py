@@ -3,43 +3,26 @@ evaluate and which to show in the grid (driver side, deterministic), and reading
 samples as Ray Data rows (images stay encoded until the render actors decode them).
 
 Shards are the WebDataset pair samples of ``preprocessing.sample_format`` (test_self / test_cross
-splits of ``gaga-preprocess``): ``meta.json`` names the source/target clip and frame.
+splits of ``gaga-preprocess``): ``meta.json`` names the source/target clip and frame. They are read
+by ``pipeline.shard_reader`` and checked like training data (``decode_pair``); what cannot be used
+is skipped and listed in the results (``skipped``), as in training (docs/reliability.md).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
+from preprocessing.sample_format import SampleError, decode_pair, pair_params
+from preprocessing.shards import ShardReadError
 
 from .. import storage
+from ..shard_reader import shard_samples
 
 _KEY = re.compile(r"^(?P<clip>.+)_(?P<src>\d+)_(?P<tgt>\d+)$")
 IMAGE_MEMBERS = ("jpg", "png", "jpeg")
-
-
-def iter_tar(url: str, options: storage.S3Options | None = None):
-    """Samples of one tar as ``{"__key__", "<member ext>": bytes}``, in file order (streamed)."""
-    current: dict[str, Any] | None = None
-    with storage.open_binary(url, options) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
-            data = tar.extractfile(member).read()
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            current[ext] = data
-    if current is not None:
-        yield current
 
 
 def pair_identity(key: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -61,12 +44,26 @@ def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def _row(item: dict[str, Any], key: str, error: str, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    identity = identity or {"source_clip": "", "target_clip": "", "source_frame": -1, "target_frame": -1}
+    return {"url": item["url"], "split": item["split"], "key": key, "error": error, **identity}
+
+
 def index_shard(item: dict[str, Any], options: storage.S3Options | None = None) -> list[dict[str, Any]]:
-    """Ray Data flat_map: {url, split} → one row per sample (key, clips, frames; no images)."""
+    """Ray Data flat_map: {url, split} → one row per sample (key, clips, frames, ``error``: why the
+    sample cannot be evaluated, "" when it can). Every sample is checked as training checks it; a
+    shard that cannot be read to its end gives one error row (key ``""``) after its readable samples."""
     rows = []
-    for sample in iter_tar(item["url"], options):
-        key = sample["__key__"]
-        rows.append({"url": item["url"], "split": item["split"], "key": key, **pair_identity(key, _meta(sample))})
+    try:
+        for sample in shard_samples(item["url"], options):
+            key = sample["__key__"]
+            try:
+                decoded = decode_pair(sample)
+                rows.append(_row(item, key, "", pair_identity(key, decoded["meta"])))
+            except (SampleError, ValueError) as exc:
+                rows.append(_row(item, key, str(exc) if isinstance(exc, SampleError) else f"{item['url']}: {exc}"))
+    except ShardReadError as exc:
+        rows.append(_row(item, "", str(exc)))
     return rows
 
 
@@ -77,6 +74,8 @@ def select_pairs(index: list[dict[str, Any]], max_per_clip: int, grid_pairs: int
     the number of pairs chosen. Deterministic: depends on the keys only."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in index:
+        if row.get("error"):
+            continue
         groups[(row["split"], row["source_clip"], row["target_clip"])].append(row)
     chosen: list[dict[str, Any]] = []
     firsts: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -101,28 +100,19 @@ def select_pairs(index: list[dict[str, Any]], max_per_clip: int, grid_pairs: int
 def read_selected(item: dict[str, Any], options: storage.S3Options | None = None) -> list[dict[str, Any]]:
     """Ray Data flat_map: {url, split, keys (JSON {key: in_grid})} → the chosen samples as rows with
     encoded images, float32 parameters and the pair's identity."""
-    from model.frame_params import PARAM_SIZE
-
     wanted: dict[str, bool] = json.loads(item["keys"])
     rows = []
-    for sample in iter_tar(item["url"], options):
+    for sample in shard_samples(item["url"], options):
         key = sample["__key__"]
         if key not in wanted:
             continue
         meta = _meta(sample)
         row: dict[str, Any] = {"key": key, "split": item["split"], "grid": bool(wanted[key]),
                                "flame": str(meta.get("flame", "unknown")), **pair_identity(key, meta)}
-        for stem in ("source", "target"):
-            image = next((sample[f"{stem}.{e}"] for e in IMAGE_MEMBERS if f"{stem}.{e}" in sample), None)
-            if image is None or f"{stem}.params.npy" not in sample:
-                raise ValueError(f"{item['url']}: sample {key} lacks {stem}.jpg|png or {stem}.params.npy")
-            params = np.load(io.BytesIO(sample[f"{stem}.params.npy"]), allow_pickle=False)
-            params = params.astype(np.float32).reshape(-1)
-            if params.size != PARAM_SIZE:
-                raise ValueError(f"{item['url']}: sample {key}: {stem}.params.npy has {params.size} values, "
-                                 f"expected {PARAM_SIZE}")
-            row[stem] = image
-            row[f"{stem}_params"] = params
+        params = pair_params(sample)  # the whole sample was checked by index_shard
+        for stem, values in zip(("source", "target"), params):
+            row[stem] = next(sample[f"{stem}.{e}"] for e in IMAGE_MEMBERS if f"{stem}.{e}" in sample)
+            row[f"{stem}_params"] = values
         rows.append(row)
     missing = set(wanted) - {r["key"] for r in rows}
     if missing:

@@ -1,6 +1,6 @@
-"""The paper's numbers, in one place (spec §9, corrected by the third-party copies of §4.3 where
-they disagree): Table 1 (VFHQ self/cross reenactment), the reenactment-speed table ("Table 2" of
-the poster), Table 3 (ablations), and where the released code spends its time (spec §10).
+"""The paper's numbers, in one place (as read from the OCR'd poster, corrected by third-party
+transcriptions of Table 1 where they disagree): Table 1 (VFHQ self/cross reenactment), the reenactment-speed table ("Table 2" of
+the poster), Table 3 (ablations), and where the released code spends its time (docs/released_model.md).
 
 Provenance: read from an OCR'd poster and successor papers' transcriptions, not from the PDF;
 ``None`` marks a cell that could not be read. The evaluation and sweep jobs print these beside
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SOURCE = ("GAGAvatar (NeurIPS 2024) as read from the OCR'd poster (spec §9), with the third-party "
-          "transcriptions of spec §4.3 where they disagree; unverified against the PDF")
+SOURCE = ("GAGAvatar (NeurIPS 2024) as read from the OCR'd poster, with the third-party "
+          "transcriptions of Table 1 (LAM, OMG-Avatar, FlexAvatar, FFAvatar) where they disagree; unverified against the PDF")
 
 # (key, column title, higher is better)
 SELF_COLUMNS: tuple[tuple[str, str, bool], ...] = (
@@ -55,7 +55,7 @@ TABLE2_FPS: dict[str, float] = {
 TABLE2_GPU = "A100 (third-party copies; unverified)"
 
 # Table 3 (ablations, VFHQ), same columns as Table 1. The names of rows 2 and 4 are OCR guesses
-# (spec §9: "w/o F_?", "w/ L_lifting"); the keys are the cell names of configs/sweeps/table3.yaml,
+# (the poster's OCR reads "w/o F_?" and "w/ L_lifting"); the keys are the cell names of configs/sweeps/table3.yaml,
 # which holds each cell's config switches.
 TABLE3: dict[str, dict[str, Any]] = {
     "one_plane": {"name": "one-plane lifting",
@@ -70,7 +70,7 @@ TABLE3: dict[str, dict[str, Any]] = {
              **_row(21.83, 0.818, 0.122, 0.816, 0.111, 0.135, 3.349, 0.633, 0.253, 0.247)},
 }
 
-# The released code on an H100 (spec §10: fp32 + TF32, random weights, batch 1, 512²)
+# The released code on an H100 (docs/released_model.md: fp32 + TF32, random weights, batch 1, 512²)
 RELEASED_H100: dict[str, float] = {
     "reenact_fps": 52.5,  # FLAME on the GPU per frame
     "reenact_fps_model_only": 59.1,  # FLAME vertices precomputed

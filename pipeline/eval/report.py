@@ -16,17 +16,26 @@ from . import paper_results as paper
 
 NUMBERS = ("psnr", "ssim", "lpips", "csim", "aed", "apd", "akd")
 SPLIT_METRICS = {"self": tuple(k for k, _, _ in paper.SELF_COLUMNS), "cross": tuple(k for k, _, _ in paper.CROSS_COLUMNS)}
+# scored only where dlib finds a face on both images compared (pipeline.eval.metrics.face_metrics):
+# a frame without one is a failure, reported as the share of frames scored next to the mean
+FACE_METRICS = ("csim", "aed", "apd", "akd")
 FRAME_COLUMNS = ("split", "key", "source_clip", "source_frame", "target_clip", "target_frame", *NUMBERS,
                  "keypoints_from", "driver_face", "result_face", "source_face", "render_ms", "metric_ms")
 
 
-def _mean(values: list[float]) -> float | None:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
+def _scored(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = _scored(values)
     return float(np.mean(vals)) if vals else None
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{split: {metric: mean over frames, "pairs", "clips", face-detection rates, alignment sources}}."""
+    """{split: {metric: mean over the frames scored, "pairs" (= frames), "clips", "scored" (face
+    metric → frames scored), "scored_rate" (its share of the frames), face-detection rates,
+    alignment sources}}."""
     out: dict[str, dict[str, Any]] = {}
     for split, metrics in SPLIT_METRICS.items():
         mine = [r for r in rows if r["split"] == split]
@@ -35,8 +44,13 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         agg: dict[str, Any] = {m: _mean([r[m] for r in mine]) for m in metrics}
         agg["pairs"] = len(mine)
         agg["clips"] = len({(r["source_clip"], r["target_clip"]) for r in mine})
+        agg["scored"] = {m: len(_scored([r[m] for r in mine])) for m in metrics if m in FACE_METRICS}
+        agg["scored_rate"] = {m: n / len(mine) for m, n in agg["scored"].items()}
         agg["result_face_detected"] = float(np.mean([bool(r["result_face"]) for r in mine]))
         agg["driver_face_detected"] = float(np.mean([bool(r["driver_face"]) for r in mine]))
+        analysed = [bool(r["source_face"]) for r in mine if r.get("source_face") is not None]
+        if analysed:  # (self pairs with csim_reference=driver never look at the source)
+            agg["source_face_detected"] = float(np.mean(analysed))
         sources = defaultdict(int)
         for r in mine:
             sources[str(r["keypoints_from"])] += 1
@@ -60,15 +74,36 @@ def per_clip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# results.csv: the Table 1 columns, then how many frames each split has and how many each face metric scored
+COUNT_KEYS = tuple(f"{split}_{k}" for split, metrics in SPLIT_METRICS.items()
+                   for k in ("frames", *(f"{m}_scored" for m in metrics if m in FACE_METRICS)))
+
+
 def table1(ours: dict[str, dict[str, Any]], label: str, warnings: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of the paper's Table 1 layout: ours first (its ``note`` lists why it is not comparable),
-    then the paper's rows."""
+    """Rows of the paper's Table 1 layout: ours first (with its frame counts; its ``note`` lists why
+    it is not comparable), then the paper's rows."""
     mine: dict[str, Any] = {"method": label}
     for split, metrics in SPLIT_METRICS.items():
+        agg = ours.get(split, {})
         for m in metrics:
-            mine[f"{split}_{m}"] = ours.get(split, {}).get(m)
+            mine[f"{split}_{m}"] = agg.get(m)
+        mine[f"{split}_frames"] = agg.get("pairs", 0)
+        for m, n in agg.get("scored", {}).items():
+            mine[f"{split}_{m}_scored"] = n
     mine["note"] = ("NOT comparable with the paper: " + "; ".join(warnings)) if warnings else "paper protocol"
-    return [mine] + [{"method": name, **values, "note": "paper (spec §9)"} for name, values in paper.table1_rows()]
+    return [mine] + [{"method": name, **values, "note": "paper"} for name, values in paper.table1_rows()]
+
+
+def scoring_warnings(ours: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per split whose face metrics could not score every frame (no face found)."""
+    out = []
+    for split, agg in ours.items():
+        short = {m: n for m, n in agg.get("scored", {}).items() if n < agg["pairs"]}
+        if short:
+            counts = ", ".join(f"{m.upper()} {n}" for m, n in short.items())
+            out.append(f"{split}: face metrics scored on fewer than all {agg['pairs']} frames ({counts}): in the "
+                       "others dlib found no face in the result or its reference (failures, not in the means)")
+    return out
 
 
 def _fmt(value: Any, key: str = "") -> str:
@@ -89,7 +124,19 @@ def csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -
 
 
 def table1_csv(rows: list[dict[str, Any]]) -> str:
-    return csv_text(rows, ["method", *paper.TABLE_KEYS, "note"])
+    return csv_text(rows, ["method", *paper.TABLE_KEYS, *COUNT_KEYS, "note"])
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A Table 1 cell; a face metric of ours also says how many frames it scored ("0.512 (10/12)",
+    "not scored (0/12)")."""
+    split, _, metric = key.partition("_")
+    frames, scored = row.get(f"{split}_frames"), row.get(f"{key}_scored")
+    if metric not in FACE_METRICS or frames is None or scored is None:
+        return _fmt(row.get(key), key)
+    if not scored:
+        return f"not scored (0/{frames})"
+    return f"{_fmt(row.get(key), key)} ({scored}/{frames})"
 
 
 def table1_markdown(rows: list[dict[str, Any]]) -> str:
@@ -98,7 +145,7 @@ def table1_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [head, sep]
     for i, r in enumerate(rows):
         name = f"**{r['method']}**" if i == 0 else r["method"]
-        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k), k) for k in paper.TABLE_KEYS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(r, k) for k in paper.TABLE_KEYS) + " |")
     return "\n".join(lines)
 
 
@@ -115,15 +162,22 @@ def markdown(report: dict[str, Any]) -> str:
             + (f", step {ck['step']:,}" if ck.get("step") is not None else "") + f"); FLAME: {ck['flame']}.", ""]
     out += ["## Table 1 layout (VFHQ in the paper; here: the given test shards)", "",
             table1_markdown(report["table1"]), "",
+            "(n/N) after a face metric of ours: frames scored / frames. CSIM, AED, APD and AKD are scored only where "
+            "dlib's detector finds a face in the result and in its reference (source or driving frame); a frame "
+            "without one is a failure, left out of the mean, not a similarity of whatever pixels are there.", "",
             f"Paper rows: {report['table1_source']}.", ""]
     out += ["## Metric networks and choices", ""]
     out += [f"- **{k}**: {v}" for k, v in report["metric_networks"].items()]
     out.append("")
     out += ["## Counts", ""]
     for split, agg in report["aggregates"].items():
-        out.append(f"- {split}: {agg['pairs']} pairs over {agg['clips']} clip pairs; dlib found the face in "
-                   f"{agg['result_face_detected']:.0%} of results and {agg['driver_face_detected']:.0%} of drivers; "
-                   f"alignment keypoints from {agg['alignment_keypoints']}")
+        scored = ", ".join(f"{m.upper()} {n}/{agg['pairs']} ({n / agg['pairs']:.0%})"
+                           for m, n in agg.get("scored", {}).items())
+        faces = f"{agg['result_face_detected']:.0%} of results, {agg['driver_face_detected']:.0%} of drivers"
+        if "source_face_detected" in agg:
+            faces += f", {agg['source_face_detected']:.0%} of sources"
+        out.append(f"- {split}: {agg['pairs']} frames (pairs) over {agg['clips']} clip pairs; frames scored: {scored}; "
+                   f"dlib found the face in {faces}; alignment keypoints from {agg['alignment_keypoints']}")
     t = report.get("timing", {})
     if t:
         out += ["", f"Time: {t.get('seconds', 0):.1f} s in all, {t.get('pairs_per_s', 0):.2f} pairs/s; render "

@@ -104,6 +104,10 @@ def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]
     items = [{"url": u, "split": s} for s, urls in sorted(shards.items()) for u in urls]
     index = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
         index_shard, fn_kwargs={"options": options}, num_cpus=cfg.eval.cpus_per_reader).take_all()
+    skipped = [{"shard": r["url"], "key": r["key"], "problem": r["error"]} for r in index if r.get("error")]
+    for item in skipped:  # the same policy as training: skipped, named, counted (docs/reliability.md)
+        log.warning("skipped in evaluation: %s", item["problem"])
+    index = [r for r in index if not r.get("error")]
     chosen, pairs = select_pairs(index, cfg.eval.max_pairs_per_clip, cfg.eval.grid_pairs)
     if pairs == 0:
         raise ValueError(f"the test shards hold no pairs: {sorted(splits.values())}")
@@ -124,7 +128,7 @@ def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]
         num_cpus=pools.metric_cpus)
     rows = ds.take_all()
     rows.sort(key=lambda r: (r["split"] != "self", str(r["key"])))
-    facts = {"pairs": pairs, "pairs_in_shards": len(index), "pools": dataclasses.asdict(pools),
+    facts = {"pairs": pairs, "pairs_in_shards": len(index), "pools": dataclasses.asdict(pools), "skipped": skipped,
              "shards": {s: len(u) for s, u in shards.items()},
              "device": ", ".join(sorted({str(r["render_device"]) for r in rows}))}
     return rows, facts
@@ -142,8 +146,10 @@ def _plain(value: Any) -> Any:
 def build_report(cfg: ExperimentConfig, info: CheckpointInfo, rows: list[dict[str, Any]], facts: dict,
                  seconds: float) -> dict[str, Any]:
     frames = [{c: _plain(r.get(c)) for c in eval_report.FRAME_COLUMNS} for r in rows]
+    for f in frames:  # MetricStage sends 1/0/NaN (not analysed) through Ray Data
+        f["source_face"] = None if f.get("source_face") is None else bool(f["source_face"])
     aggregates = eval_report.aggregate(frames)
-    warnings = list(info.warnings) + metric_fallback_warnings(cfg)
+    warnings = list(info.warnings) + metric_fallback_warnings(cfg) + eval_report.scoring_warnings(aggregates)
     data_flames = sorted({str(r.get("flame", "unknown")) for r in rows})
     if any("generated" in f or "stand-in" in f for f in data_flames):
         warnings.append(f"the test data was tracked with the generated stand-in head ({', '.join(data_flames)})")

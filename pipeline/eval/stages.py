@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import time
 import zlib
 from collections import OrderedDict
@@ -196,7 +197,10 @@ def metric_network_names(cfg: ExperimentConfig) -> dict[str, str]:
                     f"FLAME landmark tracker on the single aligned image — FALLBACK, not the paper's Deep3DFaceRecon: "
                     f"AED = mean |Δ| of the first {ev.expression_coefficients} FLAME expression coefficients + jaw (3), "
                     "APD = mean |Δ| of head yaw/pitch/roll in radians"),
-        "akd": f"mean L2 distance of 68 landmarks ({DlibFaceAnalyzer.landmarks_name}), pixels at {ev.metric_size}²",
+        "akd": (f"mean L2 distance of 68 landmarks ({DlibFaceAnalyzer.landmarks_name}, each the mean over 27 slightly "
+                f"moved boxes), pixels at {ev.metric_size}²"),
+        "face_detection": (f"CSIM, AED, APD and AKD are scored only where the {DlibFaceAnalyzer.detector_name} finds a "
+                           "face in the result and in its reference; the other frames are failures, counted, not averaged"),
     }
     return names
 
@@ -268,8 +272,10 @@ class MetricStage:
                                       source_fallback=batch["source_landmarks"][i],
                                       driver_key=drv_id, source_key=src_id)
             row = {k: float(m[k]) for k in self.NUMBERS}
+            # 1/0, NaN when the source was not analysed (self pairs with csim_reference=driver)
+            source_face = float(bool(m["source_face"])) if "source_face" in m else math.nan
             row.update(keypoints_from=str(m["keypoints_from"]), result_face=bool(m["result_face"]),
-                       driver_face=bool(m["driver_face"]), source_face=bool(m.get("source_face", False)),
+                       driver_face=bool(m["driver_face"]), source_face=source_face,
                        metric_ms=1000.0 * (time.perf_counter() - t0))
             row["panel"] = _panel(batch["source"][i], batch["target"][i], batch["result"][i]) if batch["grid"][i] else b""
             rows.append(row)

@@ -1,10 +1,10 @@
-"""The per-frame metrics of the paper's Table 1 (spec §4.2), on aligned 512² crops.
+"""The per-frame metrics of the paper's Table 1, on aligned 512² crops.
 
 Self-reenactment (driver = the same identity's frame, i.e. the ground truth):
   PSNR, SSIM (on [0,1] RGB, scikit-image's definitions), LPIPS (AlexNet v0.1), CSIM, AED, APD, AKD.
 Cross-reenactment (driver = another identity, no ground truth): CSIM, AED, APD.
 
-Protocol (issue #39): every image is first resized to ``size`` (512); the driving frame's five
+Protocol (GAGAvatar issue #39): every image is first resized to ``size`` (512); the driving frame's five
 keypoints (from dlib's 68 landmarks, or from the tracked FLAME landmarks when dlib finds no face)
 give a square box ×``align_scale`` (3) around the face; that box crops both the driving frame
 and the result, and the crops are resized to ``size`` again. The source is aligned the same way
@@ -15,10 +15,19 @@ by its own keypoints.
   measures in this line of work; the paper's choice for self-reenactment is unverified) or of the
   aligned driving frame (``"driver"``). Cross-reenactment always compares with the source.
 - AKD: mean L2 distance (pixels at 512²) between the 68 dlib landmarks of the aligned result and
-  of the aligned driving frame; each detected by dlib's HOG detector on its own crop, the
-  predictor started from the driving frame's face box when the detector finds nothing.
+  of the aligned driving frame, each inside the face box dlib's HOG detector finds on its own crop.
+  Every landmark set here is the mean of the predictor over 27 slightly moved boxes
+  (``DlibFaceAnalyzer.steady_landmarks``): a single run jitters by pixels.
 - AED / APD: mean L1 distance of the expression / head-pose coefficients that the 3DMM estimator
   (:mod:`pipeline.eval.metrics.expression_estimator`) finds in the aligned result and the aligned driving frame.
+
+Face metrics refuse what is not a face: CSIM, AED, APD and AKD of a frame are scored only when
+dlib's HOG detector finds a face on the aligned crops they compare (the result and, for CSIM,
+the source — or the driving frame with ``csim_reference="driver"`` —, for AED/APD/AKD the driving
+frame). Otherwise the frame's value is NaN ("not scored": a failure that the report counts as a
+detection rate next to the mean), never a similarity of whatever pixels the alignment box holds —
+dlib's descriptor gives ~0.9 to a blurred orange blob. PSNR, SSIM and LPIPS compare pixels and are
+always scored.
 
 :class:`FaceMetrics` holds the networks (built once per worker) and caches the analysis of
 sources and driving frames by key, since the same frames recur across pairs.
@@ -42,6 +51,8 @@ from .identity import IdentityEncoder, cosine_similarity, to_uint8
 
 SELF_METRICS = ("psnr", "ssim", "lpips", "csim", "aed", "apd", "akd")
 CROSS_METRICS = ("csim", "aed", "apd")
+# metrics that need a detected face on both images they compare (NaN = not scored)
+FACE_METRICS = ("csim", "aed", "apd", "akd")
 
 
 def keypoint_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,7 +125,7 @@ class FaceMetrics:
         if box is None:
             s = image.shape[-1]
             box = hint_box if hint_box is not None else np.array([s / 3, s / 3, 2 * s / 3, 2 * s / 3])
-        return self.analyzer.landmarks(u8, box), detected
+        return self.analyzer.steady_landmarks(u8, box), detected
 
     def _align(self, image: torch.Tensor, fallback: np.ndarray | None) -> DriverAlignment:
         """Keypoints of a full frame [3,H,W] (resized to S here) → box and the aligned view."""
@@ -124,7 +135,7 @@ class FaceMetrics:
         face = self.analyzer.detect(u8)
         points = None
         if face is not None:
-            points, source = self.analyzer.landmarks(u8, face), "dlib"
+            points, source = self.analyzer.steady_landmarks(u8, face), "dlib"
         elif fallback is not None:
             points, source = np.asarray(fallback, np.float64)[:68] * (s / image.shape[-1]), "tracked"
         if points is None:
@@ -142,15 +153,17 @@ class FaceMetrics:
         return self._drivers.get_or(key, lambda: self._align(image, fallback))
 
     def source(self, image: torch.Tensor, fallback: np.ndarray | None = None, key: str | None = None) -> FaceView:
-        """The source aligned by its own keypoints, with its identity embedding (cached by ``key``)."""
+        """The source aligned by its own keypoints, with its identity embedding when dlib finds a
+        face on the aligned crop (``embedding`` None otherwise; cached by ``key``)."""
         def make() -> FaceView:
             view = self._align(image, fallback).view
-            view.embedding = self.identity.embed(view.image, view.landmarks)
+            self._embedding(view)
             return view
         return self._sources.get_or(key, make)
 
-    def _embedding(self, view: FaceView) -> np.ndarray:
-        if view.embedding is None:
+    def _embedding(self, view: FaceView) -> np.ndarray | None:
+        """The identity embedding of a detected face; None when the crop holds no face."""
+        if view.embedding is None and view.detected:
             view.embedding = self.identity.embed(view.image, view.landmarks)
         return view.embedding
 
@@ -165,9 +178,10 @@ class FaceMetrics:
                  driver_fallback: np.ndarray | None = None, source_fallback: np.ndarray | None = None,
                  driver_key: str | None = None, source_key: str | None = None) -> dict[str, float | str | bool]:
         """source, driver, result: [3,H,W] float images in [0,1] (any sizes: each is resized to S
-        first). Returns every metric of its table half (NaN for the other half) and how the faces
-        were found: ``keypoints_from`` (driver alignment), ``result_face`` / ``driver_face`` /
-        ``source_face`` (dlib detected the face on the aligned crop)."""
+        first). Returns every metric of its table half (NaN for the other half, and NaN for a face
+        metric whose images hold no detected face: not scored) and how the faces were found:
+        ``keypoints_from`` (driver alignment), ``result_face`` / ``driver_face`` / ``source_face``
+        (dlib detected the face on the aligned crop)."""
         s = self.size
         drv = self.driver(driver, driver_fallback, driver_key)
         res_img = crop_resize(resize_to(result.float().clamp(0, 1), s), drv.box, s)
@@ -175,6 +189,8 @@ class FaceMetrics:
         res = FaceView(res_img, res_lmk, res_detected)
         out: dict[str, float | str | bool] = {m: math.nan for m in SELF_METRICS}
         out.update(keypoints_from=drv.keypoints_from, result_face=res.detected, driver_face=drv.view.detected)
+        # landmarks, expression and pose of a non-face mean nothing: both faces or no number
+        both_faces = res.detected and drv.view.detected
 
         if not cross:
             pred, gt = res.image[None], drv.view.image[None]
@@ -184,7 +200,8 @@ class FaceMetrics:
                 with torch.no_grad():
                     dev = next(self.lpips.parameters()).device
                     out["lpips"] = float(self.lpips(pred.to(dev), gt.to(dev))[0])
-            out["akd"] = keypoint_distance(res.landmarks, drv.view.landmarks)
+            if both_faces:
+                out["akd"] = keypoint_distance(res.landmarks, drv.view.landmarks)
 
         if cross or self.csim_reference == "source":
             src = self.source(source, source_fallback, source_key)
@@ -192,9 +209,11 @@ class FaceMetrics:
             reference = src.embedding
         else:
             reference = self._embedding(drv.view)
-        out["csim"] = cosine_similarity(self._embedding(res), reference)
+        if res.detected and reference is not None:
+            out["csim"] = cosine_similarity(self._embedding(res), reference)
 
-        code_res, code_drv = self._code(res), self._code(drv.view)
-        out["aed"] = mean_l1(code_res.expression, code_drv.expression)
-        out["apd"] = mean_l1(code_res.pose, code_drv.pose)
+        if both_faces:
+            code_res, code_drv = self._code(res), self._code(drv.view)
+            out["aed"] = mean_l1(code_res.expression, code_drv.expression)
+            out["apd"] = mean_l1(code_res.pose, code_drv.pose)
         return out

@@ -1,0 +1,122 @@
+"""The fast training step computes what the plain one does: torch.compile of the network's regions
+with channels-last convolution weights gives the eager fp32 step's losses and gradients (bf16
+tolerance; here they agree far closer), and torch.compile's work survives a process through the
+portable compile cache (bench.compile_cache).
+
+CPU-sized: the smoke preset at 32², traced with the "aot_eager" backend (the graphs dynamo and
+AOTAutograd build for inductor, without its minutes of C++ code generation on a CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from train_fixtures import truth_pairs
+
+from pipeline.config import load_config
+from pipeline.data import MockPairSource, collate_pairs
+from pipeline.step import build_train_state, compile_regions, train_step
+
+BF16_RTOL = 1e-2  # a bf16 mantissa: what a bf16 step may differ by
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("smoke", ["camera.image_size=32", "loss.box_size=32"])
+
+
+@pytest.fixture(scope="module")
+def batch(cfg):
+    pairs = truth_pairs(cfg, clips=1, pairs_per_clip=2)
+    return collate_pairs(list(itertools.islice(MockPairSource(pairs).iter_from(0), 2)))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def test_compiled_channels_last_step_gives_the_eager_fp32_losses_and_gradients(cfg, batch):
+    torch.manual_seed(0)
+    reference = build_train_state(cfg, torch.device("cpu"), channels_last=False)
+    torch.manual_seed(0)
+    fast = build_train_state(cfg, torch.device("cpu"), channels_last=True)
+    compile_regions(fast.network, backend="aot_eager")
+    conv = fast.network.gs_generator_l0.gaussian_conv[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    want, _ = train_step(reference, batch)
+    got, _ = train_step(fast, batch)
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=BF16_RTOL, atol=1e-6, msg=name)
+    assert want["total"] > 0 and want["lifting"] > 0 and want["image"] > 0
+    worst, compared = 0.0, 0
+    for (name, a), (_, b) in zip(reference.network.named_parameters(), fast.network.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None and a.grad.norm() > 0:
+            worst, compared = max(worst, _rel(b.grad, a.grad)), compared + 1
+    assert compared > 50 and worst < BF16_RTOL, worst
+
+
+def test_resuming_channels_last_weights_from_a_default_layout_checkpoint_trains_the_same(cfg, batch):
+    """Adam's moments saved by a run with default-layout weights (e.g. on a CPU), loaded into a
+    channels-last model, are put in the parameters' layout: the next steps match (the fused
+    kernel would otherwise pair the wrong elements)."""
+    states = {}
+    for layout in (False, True):
+        torch.manual_seed(0)
+        states[layout] = build_train_state(cfg, torch.device("cpu"), channels_last=layout)
+    for state in states.values():
+        train_step(state, batch)
+    saved = io.BytesIO()  # the default-layout run's checkpoint, as a file holds it
+    torch.save({"model": states[False].network.state_dict(), "optimizer": states[False].optimizer.state_dict()}, saved)
+    saved.seek(0)
+    checkpoint = torch.load(saved, weights_only=True)
+    assert not checkpoint["model"]["gs_generator_l0.gaussian_conv.0.weight"].is_contiguous(
+        memory_format=torch.channels_last)
+    states[True].network.load_state_dict(checkpoint["model"])
+    states[True].optimizer.load_state_dict(checkpoint["optimizer"])
+    for state in states.values():
+        train_step(state, batch)
+    reference = dict(states[False].network.named_parameters())
+    worst = max(_rel(p.detach(), reference[n].detach()) for n, p in states[True].network.named_parameters()
+                if reference[n].norm() > 0)
+    assert worst < 1e-5, worst
+
+
+_CHILD = textwrap.dedent("""
+    import sys, torch
+    from torch._dynamo.utils import counters
+    from bench.compile_cache import CompileCache
+    cache = CompileCache(sys.argv[2])
+    if sys.argv[1] == "restore":
+        print("restored", cache.restore().nbytes)
+    f = torch.compile(lambda x: torch.sin(x) * 2 + x.cos(), dynamic=False)
+    x = torch.linspace(0, 1, 64)
+    assert torch.allclose(f(x), torch.sin(x) * 2 + x.cos())
+    if sys.argv[1] == "save":
+        print("saved", cache.save_if_new().nbytes)
+    print("hits", counters["inductor"]["fxgraph_cache_hit"])
+""")
+
+
+def _child(mode: str, cache_file: str, cache_dir: str) -> dict[str, int]:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": os.path.join(cache_dir, "triton")}
+    out = subprocess.run([sys.executable, "-c", _CHILD, mode, cache_file], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {line.split()[0]: int(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
+
+
+def test_a_saved_compile_cache_is_a_hit_in_a_fresh_process_with_an_empty_local_cache(tmp_path):
+    cache_file = str(tmp_path / "run" / "torch_compile_cache.bin")
+    saved = _child("save", cache_file, str(tmp_path / "machine_a"))
+    assert saved["saved"] > 0 and saved["hits"] == 0  # an empty local cache compiles
+    restored = _child("restore", cache_file, str(tmp_path / "machine_b"))
+    assert restored["restored"] == saved["saved"] and restored["hits"] >= 1
