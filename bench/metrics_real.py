@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.report import write_report
+from bench._report import write_report
 
 # one person per clip (d18 is left out: possibly the same man as d19)
 DEFAULT_CLIPS = ("d0", "d3", "d6", "d9", "d10", "d11", "d12", "d13", "d14", "d19", "d20")

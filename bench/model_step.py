@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import write_report
+from bench._report import write_report
 from model.config import CameraConfig, LossConfig, ModelConfig, OptimConfig, RasterizerConfig
 from model.flame import FlameModel
 from model.gagavatar import GAGAvatar

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -31,25 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.report import gpu_state, write_report
+from bench._report import cuda_ms, gpu_state, write_report
 from bench.train import VARIANTS, isolated, make_shards, variant_config, worker_like_setup
 from pipeline.profiling import StepProfiler
 from pipeline.step import train_step
-
-
-def cuda_ms(fn, reps: int = 20, warmup: int = 3) -> float:
-    """Median ms of ``fn`` between CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return round(statistics.median(times), 3)
 
 
 def profile_variant(cfg, channels_last: bool, out_dir: str, warmup: int = 10, steps: int = 3) -> dict:

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
+from bench._report import cuda_ms
 from model.config import RasterizerConfig
 from model.rasterizer import available_backends, render_gaussians
 from model.rasterizer.synthetic import head_scene
 
 PARAMS = ("means", "quats", "scales", "opacities", "features")
-REFERENCE_H100_GSPLAT_FWD_BWD_MS = {"296x1": 3.3, "296x8": 13.6, "512x8": 22.6}  # shared/device/README.md
+REFERENCE_H100_GSPLAT_FWD_BWD_MS = {"296x1": 3.3, "296x8": 13.6, "512x8": 22.6}  # another H100 measurement (docs/rasterizer.md)
 REFERENCE_H100_INRIA32_FWD_BWD_MS = {"296x1": 4.7, "296x8": 38.0, "512x8": 79.6}
 
 
@@ -42,20 +43,6 @@ def _render(backend: str, scene: dict, leaves: dict, config: RasterizerConfig):
         **leaves, viewmats=scene["viewmats"], Ks=scene["Ks"], width=scene["width"], height=scene["height"],
         backend=backend, config=config,
     )
-
-
-def _time_cuda(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 # gsplat configurations besides the default (raw-quaternion covariances + depth channel): the last
@@ -92,9 +79,9 @@ def bench_cell(backend: str, size: int, batch: int, reps: int, cell_budget_s: fl
     one = time.perf_counter() - t0
     n = max(5, min(reps, int(cell_budget_s / max(one, 1e-6) / 2)))
     torch.cuda.reset_peak_memory_stats()
-    fwd_bwd_ms = _time_cuda(fwd_bwd, n, warmup=2)
+    fwd_bwd_ms = cuda_ms(fwd_bwd, n, warmup=2)
     peak_fwd_bwd = torch.cuda.max_memory_allocated()
-    fwd_ms = _time_cuda(fwd, n, warmup=2)
+    fwd_ms = cuda_ms(fwd, n, warmup=2)
     return dict(
         backend=backend, size=size, batch=batch, fwd_ms=round(fwd_ms, 3), fwd_bwd_ms=round(fwd_bwd_ms, 3),
         peak_mem_mib=round(peak_fwd_bwd / 2**20, 1), reps=n, first_call_s=round(first, 3),
@@ -156,7 +143,7 @@ def covariance_builders(batch: int, reps: int = 20) -> dict:
     s = torch.rand(batch, 180_255, 3, device="cuda", requires_grad=True)
     row = {"batch": batch}
     for name, fn in (("few_ops", _covariance_few_ops), ("stack_matmul", matmul)):
-        row[name] = round(_time_cuda(lambda fn=fn: fn(q, s).sum().backward(), reps, warmup=3), 3)
+        row[name] = cuda_ms(lambda fn=fn: fn(q, s).sum().backward(), reps, warmup=3)
     return row
 
 

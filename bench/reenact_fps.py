@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import gpu_state, spread, write_report
+from bench._report import gpu_state, spread, write_report
 
 TARGETS = {"fast_fps_min": 450.0, "first_frame_s_max": 120.0, "refined_psnr_db_min": 45.0,
            "reconstruction_ms_max": 10.0}

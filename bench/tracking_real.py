@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.clips or not args.canonical_model:
         parser.error("--clips and --canonical-model are required")
-    from bench.report import write_report
+    from bench._report import write_report
 
     root = Path(args.clips)
     videos = sorted(root.rglob("*.mp4"), key=lambda p: (p.parent.name, len(p.stem), p.stem))

@@ -26,7 +26,7 @@ one process ran up to 12% slower on an H100):
    its warm-up windows hold the cold compilation;
 3. the same step in a plain loop with the inductor cache directory the worker filled (its first
    step is the warm-cache compilation); it then saves the portable compile cache
-   (bench.compile_cache);
+   (bench._compile_cache);
 4. unless ``--no-from-cache``: the plain loop again with a new empty inductor cache directory that
    first restores the saved file — the warm-up of a fresh machine whose run storage holds it.
 """
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.report import gpu_state, spread, write_report
+from bench._report import gpu_state, spread, write_report
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data import PrefetchingLoader
 from pipeline.step import TrainState, build_train_state, compile_regions, train_step
@@ -121,11 +121,11 @@ def measure_loop(cfg: ExperimentConfig, steps: int, warmup: int, device: torch.d
 
     ``cache_dir``: this process's inductor cache directory (set before anything compiles);
     ``restore_cache``/``save_cache``: a portable compile-cache file to load before the first
-    step / write after the warm-up (bench.compile_cache)."""
+    step / write after the warm-up (bench._compile_cache)."""
     if cache_dir:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
         os.environ["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
-    from bench.compile_cache import CompileCache
+    from bench._compile_cache import CompileCache
 
     out: dict = {"gpu_before": gpu_state() if device.type == "cuda" else None}
     if device.type == "cuda":

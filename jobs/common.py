@@ -14,7 +14,7 @@ from pipeline.configtools import ConfigError
 def config_parser(description: str, default_preset: str = "paper") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=default_preset,
-                        help="preset name under configs/ (paper, debug, smoke) or a YAML path")
+                        help="preset name (paper, debug, smoke, demo: pipeline/presets/) or a YAML path")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.steps=100 (repeatable)")
     return parser

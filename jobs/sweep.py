@@ -1,7 +1,7 @@
 """`gaga-sweep`: ablation sweeps (paper Table 3) on Ray Tune.
 
-    gaga-sweep --spec configs/sweeps/table3.yaml --dry-run
-    gaga-sweep --spec configs/sweeps/table3.yaml --preset smoke --set train.steps=20 --set data.train_shards=...
+    gaga-sweep --spec table3 --dry-run
+    gaga-sweep --spec table3 --preset smoke --set train.steps=20 --set data.train_shards=...
 
 Rerunning the same sweep skips finished cells and resumes interrupted ones.
 """
@@ -19,7 +19,7 @@ from pipeline.configtools import ConfigError
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="sweep spec YAML (configs/sweeps/table3.yaml)")
+    parser.add_argument("--spec", required=True, help="sweep spec: a name (table3) or a YAML path")
     parser.add_argument("--preset", default=None, help="replace the spec's preset (e.g. smoke for a quick run)")
     parser.add_argument("--storage", default=None, help="replace the spec's storage_path (local or s3://)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

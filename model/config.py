@@ -1,5 +1,5 @@
-"""Configs of the model library. The defaults are the released GAGAvatar's numbers (spec §1–3);
-``configs/smoke.yaml`` and ``configs/debug.yaml`` shrink them. Nothing else restates them."""
+"""Configs of the model library. The defaults are the released GAGAvatar's numbers (docs/released_model.md, Constants);
+the ``smoke``, ``debug`` and ``demo`` presets (``pipeline/presets/``) shrink them. Nothing else restates them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """The tracker's camera convention (spec §2.3): PyTorch3D NDC focal, square crops."""
+    """The tracker's camera convention (docs/released_model.md, Tracker convention): PyTorch3D NDC focal, square crops."""
 
     focal: float = 12.0  # NDC units: fx = focal * image_size / 2 pixels
     image_size: int = 512  # tracker crop, training target and render resolution
@@ -65,7 +65,7 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """DPT-style decoder from the last four ViT blocks to the local feature map (spec §1.2)."""
+    """DPT-style decoder from the last four ViT blocks to the local feature map (docs/released_model.md, Architecture)."""
 
     reassemble_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
     fusion_dim: int = 256  # layer_rn / refinenet width
@@ -74,19 +74,19 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class ExpressionConfig:
-    """Expression Gaussians: one per FLAME vertex (spec §1.5)."""
+    """Expression Gaussians: one per FLAME vertex (docs/released_model.md, Quirks)."""
 
     global_feature: bool = True  # ablation "w/o global feature": the MLP sees only the vertex embedding
     embed_dim: int = 256  # head_base width
     hidden_dim: int = 256  # feature_layers width
     # "official": normalise the [B,V,4] rotation output across vertices as the released model does
-    # (spec §1.5); "per_gaussian": normalise each quaternion (for models trained from scratch).
+    # (docs/released_model.md, Quirks); "per_gaussian": normalise each quaternion (for models trained from scratch).
     rotation_norm: Literal["official", "per_gaussian"] = "official"
 
 
 @dataclass(frozen=True)
 class RendererConfig:
-    """StyleUNet neural renderer (splat features → RGB, spec §1.7). Widths per resolution r of an
+    """StyleUNet neural renderer (splat features → RGB, docs/released_model.md, Architecture). Widths per resolution r of an
     output of size S: UNet min(max_channels, base_channels·S/r), StyleGAN decoder twice that."""
 
     enabled: bool = True  # ablation "w/o neural renderer": the coarse splat is the output
@@ -119,13 +119,13 @@ class ModelConfig:
     num_vertices: int = 5023
     max_scale: float = 0.05  # Gaussian scales are max_scale·sigmoid(·)
     # "official": the released lifting heads apply the colour sigmoid to the first 3 pixel
-    # *columns* of all channels (spec §1.4), needed for its weights; "rgb": to channels 0–2
+    # *columns* of all channels (docs/released_model.md, Quirks), needed for its weights; "rgb": to channels 0–2
     plane_color_activation: Literal["official", "rgb"] = "official"
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Training losses (spec §3.1). Every weight 0 disables its term."""
+    """Training losses (docs/released_model.md, Training recipe). Every weight 0 disables its term."""
 
     image_weight: float = 1.0  # 0.5 * (L1 coarse + L1 refined) on the full image
     box_weight: float = 1.0  # same on the head box crops
@@ -150,7 +150,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with the released parameter groups and linear decay (spec §3.2)."""
+    """Adam with the released parameter groups and linear decay (docs/released_model.md, Training recipe)."""
 
     lr: float = 1.0e-4
     style_lr: float = 1.0e-5  # params whose names contain style_mlp or final_linear

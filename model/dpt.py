@@ -1,4 +1,4 @@
-"""The DPT-style feature decoder (spec §1.2) and the image encoder that puts it on DINOv2.
+"""The DPT-style feature decoder (docs/released_model.md, Architecture) and the image encoder that puts it on DINOv2.
 
 :class:`ImageEncoder` is the released ``base_model``: its state-dict keys are
 ``dino_model.*`` (the ViT) beside the decoder's own ``projects.{0..3}``,
@@ -118,7 +118,7 @@ class ImageEncoder(DPTDecoder):
     ``forward(images [B,3,H,W] in [0,1], H = W = backbone.input_size)`` returns the local
     feature map [B, feature_dim, plane, plane] (bilinear, align_corners=True, when the decoder's
     8g differs from ``plane_size``) and the global feature [B, C]: token 0 of the last block's
-    *patch* tokens after the final norm — the top-left patch, not the class token (spec §1.2).
+    *patch* tokens after the final norm — the top-left patch, not the class token (docs/released_model.md, Architecture).
     """
 
     def __init__(self, backbone: BackboneConfig, decoder: DecoderConfig) -> None:

@@ -1,4 +1,4 @@
-"""The GAGAvatar network (spec §1): one source image → cached Gaussians → renders per driving frame.
+"""The GAGAvatar network (docs/released_model.md, Architecture): one source image → cached Gaussians → renders per driving frame.
 
 Two steps, so reenactment reconstructs once and renders many times:
 
@@ -8,7 +8,7 @@ Two steps, so reenactment reconstructs once and renders many times:
 - :meth:`GAGAvatar.render`: cache + driving FLAME vertices (×5) + target camera →
   :class:`AvatarOutput` (the 32-channel splat, its RGB channels, the StyleUNet output).
 
-``state_dict()`` keys equal the released checkpoint's (spec §5.3), minus ``percep_loss.*``:
+``state_dict()`` keys equal the released checkpoint's (docs/released_model.md, Checkpoint layout), minus ``percep_loss.*``:
 the network owns neither its loss, nor its perceptual network, nor FLAME.
 """
 
@@ -93,7 +93,7 @@ class AvatarOutput:
 
 
 class GAGAvatar(nn.Module):
-    """GAGAvatar (spec §1). Gaussians are merged as [expression | plane 0 | plane 1] and splatted
+    """GAGAvatar (docs/released_model.md, Architecture). Gaussians are merged as [expression | plane 0 | plane 1] and splatted
     by :func:`model.rasterizer.render_gaussians` into ``gaussian_channels`` channels on a black
     background; with ``expression.rotation_norm == "official"`` covariances are built from the raw
     (non-unit) quaternions, as the released rasterizer does.
@@ -119,7 +119,7 @@ class GAGAvatar(nn.Module):
             self.base_model.dino_model.load_state_dict(load_dinov2_state_dict(model.backbone.weights))
         self.harmo_encoder = HarmonicEmbedding(model.harmonic_functions)
         # the released rasterizer builds R from the raw quaternion: the expression rotations,
-        # normalised over vertices, are far from unit length (spec §1.5)
+        # normalised over vertices, are far from unit length (docs/released_model.md, Quirks)
         self.covariance = CovarianceFromQuatScale(normalize=model.expression.rotation_norm != "official")
         dir_dim = self.harmo_encoder.output_dim(3)
         exp = model.expression

@@ -1,6 +1,6 @@
 """The Gaussian-predicting parts of GAGAvatar: view-direction encoding, lifting planes, the conv
-lifting heads (reconstruction branch, spec §1.4) and the per-vertex MLP head (expression branch,
-spec §1.5). Parameter names are the released ones (``gaussian_conv.{0,2,4,6}``,
+lifting heads (reconstruction branch, docs/released_model.md, Quirks) and the per-vertex MLP head (expression branch,
+docs/released_model.md, Quirks). Parameter names are the released ones (``gaussian_conv.{0,2,4,6}``,
 ``feature_layers``/``color_layers``/``opacity_layers``/``scale_layers``/``rotation_layers``).
 """
 

@@ -1,4 +1,4 @@
-"""GAGAvatar training losses (spec §3.1), outside the network; weights from :class:`LossConfig`.
+"""GAGAvatar training losses (docs/released_model.md, Training recipe), outside the network; weights from :class:`LossConfig`.
 
 total = image + box + perceptual + lifting (+ ssim), each already weighted:
 

@@ -1,5 +1,5 @@
 """Real-time reenactment: reconstruct once from a source, then per driving frame only FLAME,
-the rasterizer and the neural renderer (spec §1.8, the released ``forward_expression``).
+the rasterizer and the neural renderer (docs/released_model.md, Architecture, the released ``forward_expression``).
 
     reenactor = Reenactor(model, flame, ReenactOptions.fast())      # or ReenactOptions() (eager fp32)
     reenactor.set_source(image, shape, transform)                  # [S,3,H,W], [S,300], [S,3,4]
@@ -25,7 +25,7 @@ Optimised mode (:meth:`ReenactOptions.fast`, CUDA, static shapes):
   that reproduce the precomputed covariances exactly (``splat_quats``: one eigendecomposition per
   source); gsplat sizes its tile-intersection buffers from a device count, which is a host sync
   inside gsplat — the only one per frame;
-- the StyleUNet (78% of the released frame time, spec §10) runs in bf16 autocast, channels-last,
+- the StyleUNet (78% of the released frame time, docs/released_model.md, Where the released code spends its time) runs in bf16 autocast, channels-last,
   optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer.
 The graphs are captured for the batch size and source assignment of the first call and
 recaptured when those change. Outputs of the optimised mode are views of static buffers,
@@ -289,7 +289,7 @@ class Reenactor:
 
     def _cached_shapes(self, attrs: GaussianAttributes) -> dict[str, torch.Tensor]:
         """The Gaussians' shapes as the per-frame rasterizer call takes them. The released
-        rasterizer builds R from the raw quaternion (spec §1.5), so the covariances are built
+        rasterizer builds R from the raw quaternion (docs/released_model.md, Quirks), so the covariances are built
         once; with ``splat_quats`` they are re-expressed as unit quaternions + scales."""
         rotations, scales = attrs.rotations.float(), attrs.scales.float()
         if not self.options.splat_quats:

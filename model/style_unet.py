@@ -1,4 +1,4 @@
-"""StyleUNet neural renderer (spec §1.7): a UNet encoder/decoder whose bottleneck gives a style
+"""StyleUNet neural renderer (docs/released_model.md, Architecture): a UNet encoder/decoder whose bottleneck gives a style
 code and whose decoder levels give SFT scale/shift maps for a StyleGAN2 generator
 (GFPGAN-style "CSFT"). Output: sigmoid RGB at the input size.
 
@@ -124,7 +124,10 @@ class StyleConv(nn.Module):
             noise = torch.randn_like(out[:, :1])
         if noise is not False:
             out = out + (self.weight * noise).to(out.dtype)
-        return _leaky(out + self.bias.to(out.dtype))
+        # the bias through a 1-D view: with a [1,C,1,1] parameter added to a channels-last
+        # activation, inductor's compiled backward (CUDA, torch 2.11) returns its gradient as [C]
+        # and autograd refuses the step
+        return _leaky(out + self.bias.view(-1).to(out.dtype).view(1, -1, 1, 1))
 
 
 class ToRGB(nn.Module):

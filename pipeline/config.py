@@ -1,5 +1,5 @@
 """The experiment config tree: one frozen dataclass per component, loaded from a YAML preset
-(``configs/<preset>.yaml``) plus ``--set a.b=c`` overrides. Every run writes its resolved config."""
+(``pipeline/presets/<preset>.yaml``) plus ``--set a.b=c`` overrides. Every run writes its resolved config."""
 
 from __future__ import annotations
 
@@ -94,7 +94,6 @@ class EvalConfig:
     # metric networks; unset: the fallback named in the results
     alexnet_weights: str | None = None  # LPIPS backbone (alexnet-owt-7be5be79.pth); unset: loss.alexnet_weights
     arcface_onnx: str | None = None  # CSIM network (insightface ArcFace .onnx); dlib's face descriptor without it
-    deep3d_weights: str | None = None  # AED/APD estimator (Deep3DFaceRecon; not implemented); our FLAME tracker without it
     # Ray resources
     render_actors: int = 0  # 0: one per GPU, one on a CPU-only cluster
     metric_actors: int = 0  # 0: the CPUs the readers and renderers leave (at least one)
@@ -168,7 +167,7 @@ def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def load_config(preset: str | Path = "paper", overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Preset (name under configs/ or a YAML path) + ``a.b=c`` overrides → a checked ExperimentConfig."""
+    """Preset (a name under pipeline/presets/ or a YAML path) + ``a.b=c`` overrides → a checked ExperimentConfig."""
     data = load_preset_dict(preset)
     for text in overrides:
         data = deep_merge(data, parse_override(text))

@@ -19,7 +19,7 @@ import yaml
 
 T = TypeVar("T")
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data: ships in the wheel
 
 
 class ConfigError(ValueError):
@@ -183,7 +183,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def load_preset_dict(preset: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A preset by name (``configs/<name>.yaml``) or path; ``inherit: <preset>`` chains presets.
+    """A preset by name (``pipeline/presets/<name>.yaml``) or path; ``inherit: <preset>`` chains presets.
     Unreadable YAML and inherit loops raise one-line ConfigErrors naming the file."""
     path = Path(preset)
     if not path.suffix:

@@ -20,7 +20,6 @@ exactly the data it would have seen.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import io
 import itertools
 import queue
 import threading
@@ -226,16 +225,3 @@ class PrefetchingLoader:
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3,H,W] float → H×W×3 uint8 (for panels and videos)."""
-    return (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()

@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import ExperimentConfig, save_config
 from .configtools import replace
+from .images import label_strip, resized
 from .run_logging import CURVES_FILE
 
 log = logging.getLogger("gaga.demo")
@@ -104,20 +105,7 @@ def time_training_steps(cfg: ExperimentConfig, train_shards: str, device: str, w
 
 
 def _tiles(images: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(np.asarray(i)).resize((size, size), Image.Resampling.BICUBIC))
-                     for i in images])
-
-
-def _label_strip(width: int, labels: list[str]) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    strip = Image.new("RGB", (width, LABEL_HEIGHT), (255, 255, 255))
-    draw = ImageDraw.Draw(strip)
-    for k, text in enumerate(labels):
-        draw.text((k * width // len(labels) + 6, 2), text, fill=(0, 0, 0))
-    return np.asarray(strip)
+    return np.stack([resized(i, size) for i in images])
 
 
 def triptych_frames(source: np.ndarray, drivers: np.ndarray, results: np.ndarray, labels: list[str],
@@ -129,7 +117,7 @@ def triptych_frames(source: np.ndarray, drivers: np.ndarray, results: np.ndarray
     src = _tiles(source[None], tile)[0]
     panels = np.concatenate([np.broadcast_to(src, (len(results), tile, tile, 3)), _tiles(drivers, tile),
                              _tiles(results, tile)], axis=2)
-    strip = np.broadcast_to(_label_strip(3 * tile, labels), (len(results), LABEL_HEIGHT, 3 * tile, 3))
+    strip = np.broadcast_to(label_strip(3 * tile, labels, LABEL_HEIGHT), (len(results), LABEL_HEIGHT, 3 * tile, 3))
     return np.ascontiguousarray(np.concatenate([strip, panels], axis=1))
 
 
@@ -140,8 +128,8 @@ def reenact_triptych(cfg: ExperimentConfig, checkpoint: str, shards: str, source
     source | driver | result (``out``, mp4) and a sheet of four of them (``out`` .png)."""
     from preprocessing.synthetic.video import write_video
 
-    from .data import encode_png
     from .eval.stages import decode_image
+    from .images import encode_png
     from .reenact import frames_from_shards, run_reenact
 
     result = run_reenact(cfg, checkpoint, shards, shards, str(out.with_name(out.stem + "_result.mp4")),

@@ -199,7 +199,7 @@ def run_reenact(cfg: ExperimentConfig, checkpoint: str, source: str, driver: str
     from model.reenactment import ReenactOptions, Reenactor
     from preprocessing.synthetic.video import write_video
 
-    from .data import encode_png
+    from .images import encode_png
 
     t0 = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

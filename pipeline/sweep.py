@@ -1,7 +1,7 @@
 """Ablation sweeps on Ray Tune: named cells of config overrides, each trained (the training job,
 Ray Train) then evaluated (the evaluation job), results laid out like the paper's Table 3.
 
-A spec (``configs/sweeps/table3.yaml``)::
+A spec (``pipeline/presets/sweeps/table3.yaml``, ``--spec table3``)::
 
     name: table3
     preset: smoke                  # every cell starts from this preset ...
@@ -33,7 +33,7 @@ import yaml
 
 from . import storage
 from .config import ExperimentConfig, load_config
-from .configtools import ConfigError, from_dict, to_dict
+from .configtools import PRESET_DIR, ConfigError, from_dict, to_dict
 from .configtools import replace as replace_config
 
 log = logging.getLogger("gaga.sweep")
@@ -67,8 +67,23 @@ def _format(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+def spec_path(spec: str | Path) -> Path:
+    """A sweep spec by name (``pipeline/presets/sweeps/<name>.yaml``, e.g. ``table3``) or path."""
+    path = Path(spec)
+    if not path.suffix:
+        path = PRESET_DIR / "sweeps" / f"{spec}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (PRESET_DIR / "sweeps").glob("*.yaml"))
+        raise ConfigError(f"sweep spec {str(spec)!r} not found ({path}); specs: {', '.join(names)}")
+    return path
+
+
+def load_spec(spec: str | Path) -> SweepSpec:
+    path = spec_path(spec)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if "name" not in data:
         data["name"] = Path(path).stem
     try:

@@ -37,7 +37,8 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig, config_from_dict, save_config
 from .configtools import replace, to_dict
-from .data import MockPairSource, PairBatch, PrefetchingLoader, ShardPairSource, image_to_uint8
+from .data import MockPairSource, PairBatch, PrefetchingLoader, ShardPairSource
+from .images import side_by_side, to_uint8
 from .profiling import StepProfiler
 from .run_files import (
     RunFiles,
@@ -93,12 +94,9 @@ def ddp_options() -> dict[str, Any]:
 
 
 def _panel(batch: PairBatch, output: Any) -> np.ndarray:
-    """source | target | coarse | refined of the first pair, H×4W uint8."""
+    """source | target | coarse | refined of the first pair, each at the target's size."""
     tiles = [batch.source_image[0], batch.target_image[0], output.coarse[0], output.refined[0]]
-    size = batch.target_image.shape[-2:]
-    tiles = [torch.nn.functional.interpolate(t[None].float(), size=size, mode="bilinear", antialias=True)[0]
-             if t.shape[-2:] != size else t for t in tiles]
-    return np.concatenate([image_to_uint8(t) for t in tiles], axis=1)
+    return side_by_side([to_uint8(t) for t in tiles], batch.target_image.shape[-1])
 
 
 def _distributed() -> bool:
@@ -436,7 +434,10 @@ def run_training(cfg: ExperimentConfig, *, mock_samples: list[dict] | None = Non
     aborted = read_abort(run_url, s3)
     if aborted is not None:
         raise TrainingAborted(f"run {name} stopped at step {aborted['step']}: {aborted['message']}")
-    latest, _ = newest_intact(run_url, s3)
+    if result.checkpoint is not None:  # Ray's latest registered checkpoint: complete
+        latest = storage.join(run_url, storage.basename(result.checkpoint.path))
+    else:  # nothing reported in this submission (e.g. the run had already finished)
+        latest, _ = newest_intact(run_url, s3)
     files = list_run_files(run_url, s3)
     log.info("run %s: checkpoint %s; its files: %s", name, latest, ", ".join(files))
     return TrainingResult(run_name=name, checkpoint_path=latest, storage_path=cfg.train.storage_path,

@@ -132,8 +132,8 @@ class SamplingConfig:
     pairs_per_target: int = 1
     # test_cross over the sorted test clips, wrap-around. "loader": as the official TrackedData
     # (cross_id=True) does: clip i's frames are the targets, clip i+1's first frame the source.
-    # "spec": clip i's first frame is the source, clip i+1's frames the targets (spec §3.3 wording).
-    cross_pairing: Literal["loader", "spec"] = "loader"
+    # "paper": clip i's first frame is the source, clip i+1's frames the targets (the paper's wording).
+    cross_pairing: Literal["loader", "paper"] = "loader"
     image_format: Literal["jpg", "png"] = "jpg"
     jpeg_quality: int = 95
     samples_per_shard: int = 256

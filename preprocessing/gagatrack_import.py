@@ -1,4 +1,4 @@
-"""Import data already tracked by the official GAGAvatar_track (spec §2.3) into our clip format,
+"""Import data already tracked by the official GAGAvatar_track (docs/released_model.md, Tracker convention) into our clip format,
 so it can be sharded like our own tracking output.
 
 A GAGAvatar_track output folder holds ``img_lmdb/`` (an LMDB of JPEG-encoded 512² crops keyed

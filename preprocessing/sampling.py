@@ -1,4 +1,4 @@
-"""Frame selection and (source → target) pairs (spec §3.3), and their deterministic grouping into
+"""Frame selection and (source → target) pairs (docs/released_model.md, Training recipe), and their deterministic grouping into
 shards. Everything here is a pure function of clip ids, frame ids and a seed: a rerun plans the
 same shards with the same samples in the same order.
 
@@ -83,10 +83,10 @@ def cross_pairs(clips: dict[str, np.ndarray], pairing: str = "loader") -> list[P
         other = ids[(i + 1) % len(ids)]
         if pairing == "loader":
             source_clip, target_clip = other, clip
-        elif pairing == "spec":
+        elif pairing == "paper":
             source_clip, target_clip = clip, other
         else:
-            raise ValueError(f"sampling.cross_pairing {pairing!r}: use loader or spec")
+            raise ValueError(f"sampling.cross_pairing {pairing!r}: use loader or paper")
         source = min(int(f) for f in clips[source_clip])
         targets = sorted(int(f) for f in clips[target_clip])[1:]
         pairs += [Pair("test_cross", source_clip, source, target_clip, t) for t in targets]

@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$root/build"' EXIT  # build/: setuptools writes it beside the sources
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 WANDB_MODE=offline RAY_USAGE_STATS_ENABLED=0 GAGA_CACHE_DIR="$work/cache"
 
 "$python" -m venv "$work/build-env"

@@ -1,7 +1,7 @@
 """The fast training step computes what the plain one does: torch.compile of the network's regions
 with channels-last convolution weights gives the eager fp32 step's losses and gradients (bf16
 tolerance; here they agree far closer), and torch.compile's work survives a process through the
-portable compile cache (bench.compile_cache).
+portable compile cache (bench._compile_cache).
 
 CPU-sized: the smoke preset at 32², traced with the "aot_eager" backend (the graphs dynamo and
 AOTAutograd build for inductor, without its minutes of C++ code generation on a CPU).
@@ -93,7 +93,7 @@ def test_resuming_channels_last_weights_from_a_default_layout_checkpoint_trains_
 _CHILD = textwrap.dedent("""
     import sys, torch
     from torch._dynamo.utils import counters
-    from bench.compile_cache import CompileCache
+    from bench._compile_cache import CompileCache
     cache = CompileCache(sys.argv[2])
     if sys.argv[1] == "restore":
         print("restored", cache.restore().nbytes)
@@ -120,3 +120,27 @@ def test_a_saved_compile_cache_is_a_hit_in_a_fresh_process_with_an_empty_local_c
     assert saved["saved"] > 0 and saved["hits"] == 0  # an empty local cache compiles
     restored = _child("restore", cache_file, str(tmp_path / "machine_b"))
     assert restored["restored"] == saved["saved"] and restored["hits"] >= 1
+
+
+@pytest.mark.gpu
+def test_inductor_compiled_renderer_trains_channels_last_on_gpu():
+    """The paper-size StyleUNet, compiled by inductor with channels-last weights, takes a bf16
+    training step and gives every parameter a gradient of its own shape (a [1,C,1,1] bias added
+    directly once came back as [C] from the compiled backward, and autograd refused the step)."""
+    from model.gagavatar import convs_channels_last_
+    from model.style_unet import StyleUNet
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    renderer = StyleUNet(32, 512, load_config("paper", []).model.renderer).to(device)
+    convs_channels_last_(renderer)
+    renderer.compile()
+    x = torch.randn(2, 32, 512, 512, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = renderer(x)
+    out.float().square().mean().backward()
+    trained = [(n, p) for n, p in renderer.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and p.grad.shape == p.shape for _, p in trained)
+    assert all(torch.isfinite(p.grad).all() for _, p in trained)

@@ -143,10 +143,10 @@ def test_gaga_eval_on_generated_shards(setup, ray_cluster, capsys):  # noqa: F81
 def test_pools_never_ask_for_more_cpus_than_the_cluster_has():
     """Each actor holds its CPUs: a reader that cannot get one would stall the job for good."""
     from pipeline.config import load_config
-    from pipeline.eval.run import pool_sizes
+    from pipeline.eval.run import eval_pools
 
     cfg = load_config("smoke")
     for cpus, gpus, pairs in ((1, 0, 5), (2, 0, 48), (3, 0, 2), (16, 2, 480)):
-        p = pool_sizes(cfg, {"CPU": float(cpus), "GPU": float(gpus)}, pairs)
+        p = eval_pools(cfg, {"CPU": float(cpus), "GPU": float(gpus)}, pairs)
         assert p.render_actors * p.render_cpus + p.metric_actors * p.metric_cpus + p.reader_cpus <= cpus + 1e-9
         assert p.render_actors >= 1 and p.metric_actors >= 1 and p.reader_cpus > 0

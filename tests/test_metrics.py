@@ -345,10 +345,3 @@ def test_arcface_onnx_identity_runs_through_onnxruntime(tmp_path, analyzer):
     assert cosine_similarity(encoder.embed(tinted, lmk), e) < 0.99
     with pytest.raises(FileNotFoundError, match="no such file"):
         ArcFaceOnnx(tmp_path / "missing.onnx")
-
-
-def test_deep3d_estimator_names_the_files_it_needs():
-    from pipeline.eval.metrics.expression_estimator import build_estimator
-
-    with pytest.raises(NotImplementedError, match="epoch_20.pth.*BFM_model_front.mat"):
-        build_estimator("/models/deep3d", None, None, 12.0)

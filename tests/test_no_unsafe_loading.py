@@ -17,7 +17,7 @@ ALLOWED = {
     ("preprocessing/matting.py", "torch.jit.load"): "the matting network the user names in preprocess.matting_model "
     "is a program they chose to run, like any model architecture",
     ("preprocessing/matting.py", "torch.export.load"): "the same, in torch.export's format",
-    ("bench/compile_cache.py", "torch.compiler.load_cache_artifacts"): "bench.train measures a compile cache it "
+    ("bench/_compile_cache.py", "torch.compiler.load_cache_artifacts"): "bench.train measures a compile cache it "
     "wrote itself a minute earlier, in its own temporary folder; training never restores one",
 }
 

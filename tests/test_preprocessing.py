@@ -265,7 +265,7 @@ def test_frame_selection_and_pairs():
     loader = cross_pairs(clips, "loader")
     assert {(p.source_clip, p.target_clip) for p in loader} == {("b", "a"), ("a", "b")}
     assert Pair("test_cross", "b", 0, "a", 4) in loader  # source: next clip's first frame
-    spec = cross_pairs(clips, "spec")
+    spec = cross_pairs(clips, "paper")
     assert Pair("test_cross", "a", 0, "b", 1) in spec and Pair("test_cross", "a", 0, "b", 2) in spec
     assert Pair("test_cross", "b", 0, "a", 4).key == "b_a_000000_000004"
     plans = plan_all({"x": ("train", np.arange(5)), "y": ("train", np.arange(4)), "t1": ("test", np.arange(3)),

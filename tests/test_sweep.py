@@ -19,7 +19,7 @@ from pipeline.configtools import ConfigError
 from pipeline.sweep import dry_run, load_spec, resolve_cells
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLE3 = ROOT / "configs" / "sweeps" / "table3.yaml"
+TABLE3 = ROOT / "pipeline" / "presets" / "sweeps" / "table3.yaml"
 
 
 def test_table3_spec_has_the_five_paper_cells():

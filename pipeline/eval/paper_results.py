@@ -55,7 +55,7 @@ TABLE2_FPS: dict[str, float] = {
 TABLE2_GPU = "A100 (third-party copies; unverified)"
 
 # Table 3 (ablations, VFHQ), same columns as Table 1. The names of rows 2 and 4 are OCR guesses
-# (the poster's OCR reads "w/o F_?" and "w/ L_lifting"); the keys are the cell names of configs/sweeps/table3.yaml,
+# (the poster's OCR reads "w/o F_?" and "w/ L_lifting"); the keys are the cell names of the table3 sweep spec,
 # which holds each cell's config switches.
 TABLE3: dict[str, dict[str, Any]] = {
     "one_plane": {"name": "one-plane lifting",

@@ -198,7 +198,7 @@ def grid_png(panels: list[tuple[str, bytes]], header: str = "") -> bytes:
     ``header`` (e.g. "NOT comparable: random weights …") in a red strip on top."""
     from PIL import Image, ImageDraw
 
-    from ..data import encode_png
+    from ..images import encode_png, label_strip
 
     rows = []
     width = 3 * 256
@@ -217,9 +217,7 @@ def grid_png(panels: list[tuple[str, bytes]], header: str = "") -> bytes:
     for label, data in panels:
         with Image.open(io.BytesIO(data)) as img:
             tile = np.asarray(img.convert("RGB"))
-        strip = Image.new("RGB", (tile.shape[1], 16), (255, 255, 255))
-        ImageDraw.Draw(strip).text((4, 2), f"{label}   (source | driver | result)", fill=(0, 0, 0))
-        rows += [np.asarray(strip), tile]
+        rows += [label_strip(tile.shape[1], [f"{label}   (source | driver | result)"]), tile]
     if not rows:
         rows = [np.zeros((16, 16, 3), np.uint8)]
     return encode_png(np.concatenate(rows, axis=0))

@@ -30,6 +30,7 @@ from typing import Any
 from .. import storage
 from ..config import ExperimentConfig
 from ..configtools import to_dict
+from ..ray_data import configure_data_context
 from . import paper_results as paper
 from . import report as eval_report
 from .checkpoints import CheckpointInfo, inspect_checkpoint
@@ -51,7 +52,7 @@ class Pools:
     reader_cpus: float
 
 
-def pool_sizes(cfg: ExperimentConfig, cluster: dict[str, float], pairs: int) -> Pools:
+def eval_pools(cfg: ExperimentConfig, cluster: dict[str, float], pairs: int) -> Pools:
     """Render actors: one per GPU (or ``eval.render_actors``), one on a CPU-only cluster; metric
     actors: the CPUs left after one reader and the renderers (at least one), never more than pairs."""
     ev = cfg.eval
@@ -78,22 +79,13 @@ def default_output(info: CheckpointInfo) -> str:
     return storage.join(storage.parent(info.path), f"eval_{stem}")
 
 
-def _configure_data_context(cfg: ExperimentConfig) -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = cfg.eval.progress_bars
-    ctx.execution_options.preserve_order = False
-    ctx.execution_options.verbose_progress = False
-
-
 def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]) -> tuple[list[dict[str, Any]], dict]:
     """Stages 1–4 on the current Ray cluster: {"self"|"cross": shard prefix} → per-frame metric
     rows (with grid panels) and run facts (pairs, pools, shards)."""
     import ray
 
     options = storage.S3Options.from_env()
-    _configure_data_context(cfg)
+    configure_data_context(cfg.eval.progress_bars)
     shards = {split: storage.list_urls(prefix, suffix=".tar", options=options) for split, prefix in splits.items() if prefix}
     for split, urls in shards.items():
         if not urls:
@@ -111,7 +103,7 @@ def evaluate_rows(cfg: ExperimentConfig, checkpoint: str, splits: dict[str, str]
     chosen, pairs = select_pairs(index, cfg.eval.max_pairs_per_clip, cfg.eval.grid_pairs)
     if pairs == 0:
         raise ValueError(f"the test shards hold no pairs: {sorted(splits.values())}")
-    pools = pool_sizes(cfg, ray.available_resources(), pairs)  # e.g. a sweep trial already holds some
+    pools = eval_pools(cfg, ray.available_resources(), pairs)  # e.g. a sweep trial already holds some
     log.info("evaluating %d of %d pairs from %d shards; pools %s", pairs, len(index), len(items), pools)
     read_items = [{"url": it["url"], "split": it["split"], "keys": json.dumps(chosen[it["url"]])}
                   for it in items if chosen.get(it["url"])]

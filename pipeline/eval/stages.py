@@ -193,8 +193,7 @@ def metric_network_names(cfg: ExperimentConfig) -> dict[str, str]:
                  "set eval.arcface_onnx to an insightface ArcFace .onnx"),
         "csim_reference": ("self: result vs the SOURCE image's identity (the paper's choice is unverified); cross: result vs source"
                            if ev.csim_reference == "source" else "self: result vs the driving frame; cross: result vs source"),
-        "aed_apd": (f"Deep3DFaceRecon ({ev.deep3d_weights})" if ev.deep3d_weights else
-                    f"FLAME landmark tracker on the single aligned image — FALLBACK, not the paper's Deep3DFaceRecon: "
+        "aed_apd": (f"FLAME landmark tracker on the single aligned image — FALLBACK, not the paper's Deep3DFaceRecon: "
                     f"AED = mean |Δ| of the first {ev.expression_coefficients} FLAME expression coefficients + jaw (3), "
                     "APD = mean |Δ| of head yaw/pitch/roll in radians"),
         "akd": (f"mean L2 distance of 68 landmarks ({DlibFaceAnalyzer.landmarks_name}, each the mean over 27 slightly "
@@ -213,9 +212,7 @@ def metric_fallback_warnings(cfg: ExperimentConfig) -> list[str]:
                    "as eval.alexnet_weights)")
     if not ev.arcface_onnx:
         out.append("CSIM uses dlib's face descriptor, not ArcFace (needs an insightface ArcFace .onnx as eval.arcface_onnx)")
-    if not ev.deep3d_weights:
-        out.append("AED/APD use our FLAME landmark tracker, not Deep3DFaceRecon (needs Deep3DFaceRecon_pytorch's "
-                   "epoch_20.pth + BFM_model_front.mat; not implemented)")
+    out.append("AED/APD use our FLAME landmark tracker, not the paper's Deep3DFaceRecon (not available here)")
     return out
 
 
@@ -234,20 +231,16 @@ def build_face_metrics(cfg: ExperimentConfig, info: CheckpointInfo | None = None
     used = info.config if info is not None else cfg
     analyzer = DlibFaceAnalyzer()
     identity = build_identity(ev.arcface_onnx, analyzer)
-    estimator = build_estimator(ev.deep3d_weights, FlameModel.from_config(used.flame), cfg.preprocess.tracking,
-                                used.camera.focal, ev.expression_coefficients)
+    estimator = build_estimator(FlameModel.from_config(used.flame), cfg.preprocess.tracking, used.camera.focal,
+                                ev.expression_coefficients)
     lpips, _ = build_lpips_metric(ev.alexnet_weights or cfg.loss.alexnet_weights, cfg.loss.lpips_weights)
     return FaceMetrics(analyzer, identity, estimator, lpips, ev.metric_size, ev.align_scale, ev.csim_reference)
 
 
 def _panel(source: np.ndarray, driver: np.ndarray, result: np.ndarray) -> bytes:
-    from PIL import Image
+    from ..images import encode_png, side_by_side
 
-    from ..data import encode_png
-
-    tiles = [np.asarray(Image.fromarray(np.asarray(t)).resize((PANEL_TILE, PANEL_TILE), Image.Resampling.BILINEAR))
-             for t in (source, driver, result)]
-    return encode_png(np.concatenate(tiles, axis=1))
+    return encode_png(side_by_side([source, driver, result], PANEL_TILE))
 
 
 class MetricStage:

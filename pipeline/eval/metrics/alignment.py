@@ -1,4 +1,4 @@
-"""Face alignment for evaluation (spec §4.1, GAGAvatar issue #39): five keypoints → a square box
+"""Face alignment for evaluation (docs/released_model.md, Evaluation protocol, GAGAvatar issue #39): five keypoints → a square box
 enlarged ×3 around them → the *same* crop applied to the driving ground truth and to the result
 → resized to 512² before any metric. It neutralises differences in how methods frame the head.
 

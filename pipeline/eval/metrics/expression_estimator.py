@@ -5,11 +5,9 @@ distance): mean L1 between the coefficients estimated from the result and from t
   (``preprocessing.tracking.track_landmarks``). Expression = the first ``n_expression`` FLAME
   expression coefficients + the jaw axis-angle (3); pose = head (yaw, pitch, roll) in radians
   from the tracked camera (head rotation lives in the camera, as in GAGAvatar).
-- :class:`Deep3DFaceReconEstimator`: the paper's estimator (Deep3DFaceRecon, BFM: 64 expression
-  coefficients, 3 rotation angles) — not implemented here; it names the files it would need.
-
-The FLAME tracker lives in ``preprocessing``; it is imported when the estimator is built, so
-importing ``model`` never pulls it in.
+The paper's estimator (Deep3DFaceRecon, BFM: 64 expression coefficients, 3 rotation angles) is
+not available here; every report names the fallback (docs/evaluation.md). The FLAME tracker lives
+in ``preprocessing``; it is imported when the estimator is built.
 """
 
 from __future__ import annotations
@@ -83,25 +81,8 @@ class FlameTrackerEstimator:
         return ExpressionPose(expression=expression, pose=head_pose_angles(track.transform_matrix[0]))
 
 
-class Deep3DFaceReconEstimator:
-    """Placeholder for the paper's AED/APD estimator."""
-
-    name = "Deep3DFaceRecon (BFM)"
-
-    def __init__(self, weights: str) -> None:
-        raise NotImplementedError(
-            f"eval.deep3d_weights={weights!r}: the Deep3DFaceRecon estimator is not implemented. It would need "
-            "Deep3DFaceRecon_pytorch's face_recon checkpoint (checkpoints/<name>/epoch_20.pth, ResNet-50 regressing "
-            "257 BFM coefficients: 80 id, 64 expression, 80 texture, 3 angles, 27 SH, 3 translation), "
-            "BFM/BFM_model_front.mat (Basel Face Model 2009 + the Exp_Pca.bin expression basis) and its "
-            "5-point alignment. Leave eval.deep3d_weights unset to use the FLAME-tracker estimator.")
-
-    def estimate(self, image: torch.Tensor, landmarks68: np.ndarray) -> ExpressionPose:  # pragma: no cover
-        raise NotImplementedError
-
-
-def build_estimator(deep3d_weights: str | None, flame: Any, tracking: Any, focal: float,
-                    n_expression: int = 50, device: torch.device | str = "cpu") -> ExpressionPoseEstimator:
-    if deep3d_weights:
-        return Deep3DFaceReconEstimator(deep3d_weights)
+def build_estimator(flame: Any, tracking: Any, focal: float, n_expression: int = 50,
+                    device: torch.device | str = "cpu") -> ExpressionPoseEstimator:
+    """The AED/APD estimator: our FLAME tracker (the paper's Deep3DFaceRecon is not available here:
+    docs/evaluation.md)."""
     return FlameTrackerEstimator(flame, tracking, focal, n_expression, device)

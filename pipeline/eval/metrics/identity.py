@@ -2,7 +2,7 @@
 
 - :class:`ArcFaceOnnx`: an insightface-style ArcFace ONNX model (e.g. ``w600k_r50.onnx``,
   ``glintr100.onnx``), run with onnxruntime on the 5-point ``norm_crop`` (112², RGB,
-  (x − 127.5)/127.5, NCHW). The paper used the ArcFace inside MICA (spec §4.2), a network of the
+  (x − 127.5)/127.5, NCHW). The paper used the ArcFace inside MICA (docs/released_model.md, Evaluation protocol), a network of the
   same family; give its ONNX export for the closest numbers.
 - :class:`DlibIdentity`: dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat``
   from face_recognition_models) — the fallback when no ArcFace file is given; not comparable

@@ -51,3 +51,20 @@ def gpu_state(index: int = 0) -> dict[str, str] | None:
             return dict(zip(fields, (v.strip() for v in out.stdout.strip().split(","))))
         fields = [f.replace("clocks_event_reasons", "clocks_throttle_reasons") for f in fields]
     return {"error": out.stderr.strip()[:200]}
+
+
+def cuda_ms(fn, reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` between CUDA events, after ``warmup`` calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 3)
