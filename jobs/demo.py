@@ -2,7 +2,7 @@
 GPU when there is one): generate → preprocess (Ray Data) → train (Ray Train, for a time budget) →
 evaluate → reenactment videos (source | driver | result) of a held-out identity.
 
-    gaga-demo                                   # demo preset, 400 s of training, outputs under outputs/demo/
+    gaga-demo                                   # demo preset, 360 s of training, outputs under outputs/demo/
     gaga-demo --train-seconds 60 --out outputs/demo_short
     gaga-demo --config smoke --train-seconds 30   # the tiny test model (a pipeline check only)
 """

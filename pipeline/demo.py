@@ -26,10 +26,13 @@ from .run_logging import CURVES_FILE
 
 log = logging.getLogger("gaga.demo")
 
-DEFAULT_TRAIN_SECONDS = 400.0  # the demo's training budget: ~1,200 steps on 2 CPU cores, the whole demo in ~8 min
-# step timing: untimed warm-up steps (the first takes ~10 steps' time), then steps are timed for
-# this many seconds (at least the minimum, at most the maximum count of steps)
-TIMING_WARMUP, TIMING_SECONDS, TIMING_STEPS = 3, 10.0, (5, 40)
+DEFAULT_TRAIN_SECONDS = 360.0  # the demo's training budget: ~2,500 steps on 2 CPU cores, the whole demo in ~9 min
+# step timing: untimed training steps first, then steps are timed for this many seconds (at least
+# the minimum, at most the maximum count of steps). A step of a fresh model costs 2–3× a trained
+# one's (its Gaussians start large and shrink within ~60 steps: 0.30 → 0.13 s on 2 CPU cores), so
+# timing the first steps bought half the steps the budget had room for.
+TIMING_WARMUP, TIMING_SECONDS, TIMING_STEPS = 60, 10.0, (5, 40)
+TIMING_BATCHES = 16  # distinct batches the timing trains on (the first pairs of the shards)
 STEP_QUANTUM = 50  # train.steps is a multiple of this (whole logging windows)
 TILE = 256  # side of each panel of the reenactment videos, pixels
 LABEL_HEIGHT = 16  # label strip above the panels (H.264 4:2:0 wants the frame height a multiple of 4)
@@ -67,8 +70,9 @@ def time_training_steps(cfg: ExperimentConfig, train_shards: str, device: str, w
     """Seconds per training step of ``cfg`` on ``device`` ("cpu" | "cuda"): the median of the
     plain-loop steps (``pipeline.step.train_step``, on the first pairs of the shards) timed over
     ``seconds`` — at least ``steps[0]``, at most ``steps[1]`` of them — after ``warmup`` untimed
-    ones. The median over a window, because on a shared machine single steps now and then take
-    several times as long. On CPU with ``train.cpus_per_worker`` threads, as a Ray Train worker."""
+    ones, which train the model past its costly first steps. The median over a window, because on
+    a shared machine single steps now and then take several times as long. On CPU with
+    ``train.cpus_per_worker`` threads, as a Ray Train worker."""
     import torch
 
     from .data import collate_pairs
@@ -82,17 +86,20 @@ def time_training_steps(cfg: ExperimentConfig, train_shards: str, device: str, w
     try:
         torch.manual_seed(cfg.seed)
         state = build_train_state(cfg, dev)
-        pairs = read_pairs(train_shards, limit=cfg.data.batch_size)
-        batch = collate_pairs(pairs).to(dev)
-        for _ in range(warmup):
-            train_step(state, batch)
+        size = cfg.data.batch_size
+        pairs = read_pairs(train_shards, limit=size * TIMING_BATCHES)
+        batches = [collate_pairs(pairs[i:i + size]).to(dev) for i in range(0, len(pairs) - size + 1, size)]
+        if not batches:
+            raise ValueError(f"{train_shards}: {len(pairs)} pairs, fewer than one batch of {size} to time steps on")
+        for i in range(warmup):
+            train_step(state, batches[i % len(batches)])
         times: list[float] = []
         window = time.perf_counter()
         while len(times) < steps[0] or (len(times) < steps[1] and time.perf_counter() - window < seconds):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             start = time.perf_counter()
-            train_step(state, batch)
+            train_step(state, batches[len(times) % len(batches)])
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             times.append(time.perf_counter() - start)

@@ -14,6 +14,17 @@ import os
 
 log = logging.getLogger("gaga.ray")
 
+# Ray Train's watchdog that removes a run's placement group if its controller dies asks the state
+# API, i.e. the dashboard, every second; the private cluster runs without a dashboard, so it could
+# never work there and only repeats "Failed to query Ray Train Controller actor state" (hundreds of
+# lines in a demo). The placement groups of a private cluster end with it anyway.
+PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Worker-process setup hook of the private cluster (see above)."""
+    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+
 
 def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str:
     """``ray.init`` once, as described above; logs and returns what it did."""
@@ -28,7 +39,8 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str:
     else:
         # read when Ray starts its processes: without it they bind to the machine's network interface
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_placement_group_cleaner"})
         what = "started a private local Ray cluster on 127.0.0.1"
     log.info(what)
     return what

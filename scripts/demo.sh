@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: local Ray, generated data, the GPU when there
-# is one (`demo` preset, 400 s of training). Extra arguments go to gaga-demo (--train-seconds, --out, --set).
+# is one (`demo` preset, 360 s of training). Extra arguments go to gaga-demo (--train-seconds, --out, --set).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 setup_start=$SECONDS
