@@ -10,6 +10,7 @@ evaluate → reenactment videos (source | driver | result) of a held-out identit
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 from jobs.common import config_parser, resolve_config, setup_logging
@@ -64,9 +65,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = resolve_config(args)
     from pipeline.demo import run_demo
     from pipeline.ray_cluster import ensure_ray
+    from preprocessing.face_tools import FaceToolsMissing
 
-    ensure_ray()
-    print_summary(run_demo(cfg, args.out, train_seconds=args.train_seconds))
+    try:
+        ensure_ray()
+        summary = run_demo(cfg, args.out, train_seconds=args.train_seconds)
+    except FaceToolsMissing as exc:
+        sys.exit(f"gaga-demo: {exc}")
+    print_summary(summary)
 
 
 if __name__ == "__main__":

@@ -46,11 +46,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from pipeline.eval.run import run_evaluation
     from pipeline.ray_cluster import ensure_ray
     from pipeline.storage import StorageError
+    from preprocessing.face_tools import FaceToolsMissing
 
     try:
         ensure_ray()
         report = run_evaluation(cfg)
-    except (CheckpointError, FileNotFoundError, StorageError) as exc:
+    except (CheckpointError, FileNotFoundError, StorageError, FaceToolsMissing) as exc:
         sys.exit(f"gaga-eval: {exc}")
     print(json.dumps({"self": report["self"], "cross": report["cross"], "warnings": report["warnings"],
                       "files": report["files"]}, indent=1, default=str))

@@ -39,12 +39,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from pipeline.checkpoint import CheckpointError
     from pipeline.reenact import run_reenact
     from pipeline.storage import StorageError
+    from preprocessing.face_tools import FaceToolsMissing
 
     try:
         summary = run_reenact(cfg, cfg.eval.checkpoint, args.source, args.driver, args.out, frames_dir=args.frames,
                               clip=args.driver_clip, side_by_side=False if args.no_side_by_side else None,
                               device=args.device, source_clip=args.source_clip)
-    except (CheckpointError, FileNotFoundError, StorageError, ValueError) as exc:
+    except (CheckpointError, FileNotFoundError, StorageError, ValueError, FaceToolsMissing) as exc:
         sys.exit(f"gaga-reenact: {exc}")
     print(json.dumps(summary, indent=1, default=str))
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from preprocessing.face_tools import require_face_tools
+
 from .config import ExperimentConfig, save_config
 from .configtools import replace
 from .images import label_strip, resized
@@ -174,6 +176,7 @@ def run_demo(cfg: ExperimentConfig, out_dir: str | Path = "outputs/demo",
     """Run every stage on the connected Ray cluster (the entry point runs ``ray.init``); returns
     (and writes to ``<out_dir>/demo.json``) where each output is, the headline numbers and each
     stage's seconds."""
+    require_face_tools("gaga-demo's evaluation")  # before minutes of training, not after
     import torch
 
     from preprocessing.synthetic import ensure_dataset

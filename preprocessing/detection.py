@@ -17,6 +17,7 @@ from PIL import Image
 
 from .config import DetectionConfig
 from .crop import landmark_box
+from .face_tools import require_face_tools
 from .sidecar import ClipGroundTruth
 
 
@@ -67,6 +68,7 @@ class DlibFaceDetector:
     name = "dlib"
 
     def __init__(self, config: DetectionConfig) -> None:
+        require_face_tools("face detection on real video (preprocess.detector dlib)")
         import dlib
 
         self.config = config

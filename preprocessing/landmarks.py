@@ -22,6 +22,7 @@ import numpy as np
 
 from .crop import landmark_box, to_crop
 from .detection import box_iou
+from .face_tools import require_face_tools
 from .sidecar import ClipGroundTruth
 
 RIGHT_EYE, LEFT_EYE = slice(36, 42), slice(42, 48)  # subject's right eye is the image-left one
@@ -72,6 +73,7 @@ class DlibLandmarkDetector:
     dense_points = 0
 
     def __init__(self) -> None:
+        require_face_tools("dlib landmarks (preprocess.landmarks dlib)")
         import dlib
 
         self._predictor = dlib.shape_predictor(str(dlib_model_path()))

@@ -50,4 +50,9 @@ PY
     --set train.steps=1 --set train.checkpoint_every=1 --set train.log_every=1 --set train.image_every=0 \
     --set train.val_every=0 --set data.batch_size=2 --set train.run_name=installed > "$work/train.json"
 test -f "$work/runs/installed/checkpoint_0000001/model.pt"
+# the face metrics need the faces extra, which this install left out: one line that says so
+if "$bin/gaga-eval" --config smoke --checkpoint "$work/runs/installed" > /dev/null 2> "$work/eval.err"; then
+    echo "gaga-eval ran without the faces extra"; exit 1
+fi
+grep -q 'gagavatar-ray\[faces\]' "$work/eval.err" || { tail -5 "$work/eval.err"; exit 1; }
 echo "install check passed: wheel $(basename "$work"/dist/*.whl), one training step from the installed package"

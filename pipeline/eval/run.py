@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from preprocessing.face_tools import require_face_tools
+
 from .. import storage
 from ..config import ExperimentConfig
 from ..configtools import to_dict
@@ -242,6 +244,7 @@ def log_wandb(cfg: ExperimentConfig, report: dict[str, Any], grid: bytes, local_
 def run_evaluation(cfg: ExperimentConfig, checkpoint: str | None = None, self_shards: str | None = None,
                    cross_shards: str | None = None, output: str | None = None) -> dict[str, Any]:
     """The whole job; returns the report (aggregates, Table 1 rows, warnings, file URLs)."""
+    require_face_tools("gaga-eval's face metrics (CSIM, AED, APD, AKD)")
     t0 = time.perf_counter()
     checkpoint = checkpoint or cfg.eval.checkpoint
     info = inspect_checkpoint(checkpoint, cfg)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocessing.face_tools import require_face_tools
+
 LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
 FACE_DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
 # steady_landmarks: box centre shifts (× the box side) and scales the predictor is averaged over
@@ -48,6 +50,7 @@ class DlibFaceAnalyzer:
     descriptor_name = f"dlib ResNet face descriptor ({FACE_DESCRIPTOR}, face_recognition_models)"
 
     def __init__(self, upsample: int = 0, min_score: float = 0.0) -> None:
+        require_face_tools("the face metrics (CSIM, AED, APD, AKD)")
         import dlib
 
         self._dlib = dlib
