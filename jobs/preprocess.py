@@ -41,16 +41,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     from pipeline.preprocess import run_preprocess
     from pipeline.preprocess_import import run_import_gagatrack
     from pipeline.ray_cluster import ensure_ray
+    from preprocessing.face_tools import FaceToolsMissing
 
     ensure_ray()
-    if args.import_gagatrack:
-        summary = run_import_gagatrack(cfg, args.import_gagatrack)
-    elif args.synthetic:
-        from preprocessing.synthetic import ensure_dataset
+    try:
+        if args.import_gagatrack:
+            summary = run_import_gagatrack(cfg, args.import_gagatrack)
+        elif args.synthetic:
+            from preprocessing.synthetic import ensure_dataset
 
-        summary = run_preprocess(cfg, input_url=str(ensure_dataset(cfg.synthetic)))
-    else:
-        summary = run_preprocess(cfg)
+            summary = run_preprocess(cfg, input_url=str(ensure_dataset(cfg.synthetic)))
+        else:
+            summary = run_preprocess(cfg)
+    except FaceToolsMissing as exc:
+        sys.exit(f"gaga-preprocess: {exc}")
     json.dump(summary, sys.stdout, indent=1, sort_keys=True)
     print()
     for clip, note in sorted(summary.get("several_faces", {}).items()):

@@ -642,12 +642,26 @@ def finalize(settings: Settings, rows: list[ClipRow], extra: dict[str, Any]) -> 
     return summary
 
 
+def require_face_tools_for(pcfg: PreprocessConfig, specs: list[ClipSpec]) -> None:
+    """Real clips (no ground-truth sidecar) are detected with dlib: without the ``faces`` extra the
+    job stops before it starts, rather than writing a failed row per clip (which a rerun with
+    dlib installed would then reuse)."""
+    from preprocessing.face_tools import require_face_tools
+
+    real = [s.clip_id for s in specs if s.split and not s.sidecar]
+    if pcfg.detector == "dlib":
+        require_face_tools("preprocessing with detector 'dlib'")
+    elif pcfg.detector == "auto" and real:
+        require_face_tools(f"preprocessing {len(real)} real clip(s) (e.g. {real[0]}; detector 'auto' uses dlib on them)")
+
+
 def run_preprocess(cfg: ExperimentConfig, input_url: str | None = None, output: str | None = None) -> dict[str, Any]:
     """The whole job on the current Ray cluster (call ``ray.init`` first): list → track → shards.
     Returns the summary (also written to ``<output>/summary.json``)."""
     t0 = time.perf_counter()
     settings = make_settings(cfg, output)
     specs = discover_clips(cfg.preprocess, settings.s3, input_url)
+    require_face_tools_for(cfg.preprocess, specs)
     rows, counts = process_clips(settings, specs)
     extra = {"input": (input_url or cfg.preprocess.input), "clips_processed": counts["processed"],
              "clips_reused": counts["reused"], "clip_seconds": time.perf_counter() - t0}

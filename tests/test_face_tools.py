@@ -52,3 +52,16 @@ def test_real_video_detection_and_landmarks_refuse_without_dlib(no_dlib):
         DlibFaceDetector(DetectionConfig())
     with pytest.raises(FaceToolsMissing, match="dlib landmarks"):
         DlibLandmarkDetector()
+
+
+def test_preprocessing_refuses_real_clips_before_it_starts_but_not_generated_ones(no_dlib):
+    from pipeline.preprocess import ClipSpec, require_face_tools_for
+    from preprocessing.config import PreprocessConfig
+
+    generated = ClipSpec("synth000c00", "train", "video", "videos/synth000c00.mp4", sidecar="sidecars/synth000c00.npz")
+    real = ClipSpec("interview", "train", "video", "videos/interview.mp4")
+    require_face_tools_for(PreprocessConfig(detector="auto"), [generated])  # ground truth: no dlib needed
+    with pytest.raises(FaceToolsMissing, match=r"1 real clip\(s\) \(e.g. interview"):
+        require_face_tools_for(PreprocessConfig(detector="auto"), [generated, real])
+    with pytest.raises(FaceToolsMissing, match="detector 'dlib'"):
+        require_face_tools_for(PreprocessConfig(detector="dlib"), [generated])
