@@ -34,6 +34,7 @@ DEFAULT_TRAIN_SECONDS = 360.0  # the demo's training budget: ~2,500 steps on 2 C
 # one's (its Gaussians start large and shrink within ~60 steps: 0.30 → 0.13 s on 2 CPU cores), so
 # timing the first steps bought half the steps the budget had room for.
 TIMING_WARMUP, TIMING_SECONDS, TIMING_STEPS = 60, 10.0, (5, 40)
+TIMING_WARMUP_SECONDS = 20.0  # …but no longer than this (a slow config must not spend its budget here)
 TIMING_BATCHES = 16  # distinct batches the timing trains on (the first pairs of the shards)
 STEP_QUANTUM = 50  # train.steps is a multiple of this (whole logging windows)
 TILE = 256  # side of each panel of the reenactment videos, pixels
@@ -68,13 +69,14 @@ def with_step_count(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 
 
 def time_training_steps(cfg: ExperimentConfig, train_shards: str, device: str, warmup: int = TIMING_WARMUP,
-                        seconds: float = TIMING_SECONDS, steps: tuple[int, int] = TIMING_STEPS) -> float:
+                        seconds: float = TIMING_SECONDS, steps: tuple[int, int] = TIMING_STEPS,
+                        warmup_seconds: float = TIMING_WARMUP_SECONDS) -> float:
     """Seconds per training step of ``cfg`` on ``device`` ("cpu" | "cuda"): the median of the
     plain-loop steps (``pipeline.step.train_step``, on the first pairs of the shards) timed over
     ``seconds`` — at least ``steps[0]``, at most ``steps[1]`` of them — after ``warmup`` untimed
-    ones, which train the model past its costly first steps. The median over a window, because on
-    a shared machine single steps now and then take several times as long. On CPU with
-    ``train.cpus_per_worker`` threads, as a Ray Train worker."""
+    ones (or as many as ``warmup_seconds`` allow), which train the model past its costly first
+    steps. The median over a window, because on a shared machine single steps now and then take
+    several times as long. On CPU with ``train.cpus_per_worker`` threads, as a Ray Train worker."""
     import torch
 
     from .data import collate_pairs
@@ -93,8 +95,11 @@ def time_training_steps(cfg: ExperimentConfig, train_shards: str, device: str, w
         batches = [collate_pairs(pairs[i:i + size]).to(dev) for i in range(0, len(pairs) - size + 1, size)]
         if not batches:
             raise ValueError(f"{train_shards}: {len(pairs)} pairs, fewer than one batch of {size} to time steps on")
+        started = time.perf_counter()
         for i in range(warmup):
             train_step(state, batches[i % len(batches)])
+            if time.perf_counter() - started > warmup_seconds:
+                break
         times: list[float] = []
         window = time.perf_counter()
         while len(times) < steps[0] or (len(times) < steps[1] and time.perf_counter() - window < seconds):

@@ -45,6 +45,19 @@ def test_step_timing_runs_the_training_step_on_the_shards(tmp_path):
     assert steps_for_budget(10 * STEP_QUANTUM * seconds, seconds) == 10 * STEP_QUANTUM
 
 
+def test_step_timing_warm_up_stops_at_its_time_limit(tmp_path, monkeypatch):
+    from train_fixtures import truth_pairs, write_shards
+
+    import pipeline.step
+
+    cfg = load_config("smoke", ["rasterizer.backend=torch"])
+    write_shards(truth_pairs(cfg, clips=1, pairs_per_clip=4), tmp_path / "train")
+    calls, step = [], pipeline.step.train_step
+    monkeypatch.setattr(pipeline.step, "train_step", lambda *a, **k: calls.append(1) or step(*a, **k))
+    time_training_steps(cfg, str(tmp_path / "train"), "cpu", warmup=1000, warmup_seconds=0.0, seconds=0.0, steps=(2, 2))
+    assert len(calls) == 1 + 2  # one warm-up step (the limit passed), then the two timed ones
+
+
 def test_triptych_puts_source_driver_result_side_by_side(tmp_path):
     from preprocessing.synthetic.video import write_video
 
