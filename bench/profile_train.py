@@ -6,15 +6,18 @@
 ``steps``: for each bench.train variant (each in a fresh process; ``_nchw`` suffix: without
 channels-last weights), the wall ms of 10 plain-loop steps after warm-up (the first step's
 seconds = compilation) and a torch.profiler window over 3 steps: GPU kernel ms per step and the
-top operators by GPU time. A step whose GPU kernel time is far below its wall time is waiting for
-the host. ``micro``: the pieces alone (CUDA events, median of repeated calls):
+top operators by GPU time, and the window's GPU timeline (pipeline.gpu_timeline: busy and idle ms
+per step, idle gaps by the host operator that delayed the next launch; a second window with
+Python frames names the code). A step whose GPU busy time is far below its wall time is waiting
+for the host. ``micro``: the pieces alone (CUDA events, median of repeated calls):
 - ``nearest``: the lifting loss's nearest-point search at the training size (8 × 5,023 queries ×
   175,232 points) — the compiled reduction, chunked matmuls, and the Triton kernel at several
   block sizes, each checked to find points at the brute-force distance;
 - ``gsplat``: forward+backward of the 180k-Gaussian head scene at 512², batch 8, 32 channels,
   through ``gsplat.rasterization`` (covariances, depth channel: the previous backend) and through
   our backend (gsplat's stages called directly), with and without depth; images compared;
-- ``upsample``: bilinear ×2 and ×½ forward+backward at StyleUNet sizes, eager and compiled.
+- ``upsample``: bilinear ×2 forward+backward at the DPT decoder's and the StyleUNet's sizes:
+  ``F.interpolate`` eager and compiled, and model.resize's matrices compiled.
 The same window inside a Ray Train run: ``GAGA_PROFILE_DIR`` (pipeline.profiling).
 """
 
@@ -51,14 +54,19 @@ def profile_variant(cfg, channels_last: bool, out_dir: str, warmup: int = 10, st
         train_step(state, next(loader).to(device))
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t1) / 10 * 1000
-    profiler = StepProfiler(out_dir, 0, 1, steps, top=45, on_gpu=True)  # steps 2…steps+1 of this loop
-    for done in range(1, steps + 2):
-        train_step(state, next(loader).to(device))
-        profiler.after_step(done)
+    windows = {}
+    for name, with_stack in (("profile", False), ("profile_with_python_frames", True)):
+        profiler = StepProfiler(Path(out_dir, name), 0, 1, steps, top=45, on_gpu=True, with_stack=with_stack)
+        for done in range(1, steps + 2):  # steps 2…steps+1 of this loop
+            train_step(state, next(loader).to(device))
+            profiler.after_step(done)
+        windows[name] = json.loads((Path(out_dir, name) / "ops.json").read_text())
     loader.close()
-    ops = json.loads((Path(out_dir) / "ops.json").read_text())
+    # the second window records Python frames (a slower host): only its idle causes are of use
+    windows["profile_with_python_frames"] = {k: windows["profile_with_python_frames"]["gpu_timeline"][k]
+                                             for k in ("gpu_idle_ms_per_step", "idle_gaps_by_cause")}
     out = {"first_step_s": round(first, 1), "wall_ms_per_step": round(wall, 1),
-           "pairs_per_s": round(cfg.data.batch_size * 1000 / wall, 2), "profile": ops,
+           "pairs_per_s": round(cfg.data.batch_size * 1000 / wall, 2), **windows,
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     if cfg.train.compile:
         from torch._dynamo.utils import counters
@@ -140,41 +148,36 @@ def micro_gsplat() -> dict:
     return out
 
 
-def _up_slices(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear ×2, align_corners=False, as shifts and a weighted sum per axis (no gather)."""
-    def axis(t: torch.Tensor, dim: int) -> torch.Tensor:
-        n = t.shape[dim]
-        prev = torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 0, n - 1)], dim)
-        nxt = torch.cat([t.narrow(dim, 1, n - 1), t.narrow(dim, n - 1, 1)], dim)
-        return torch.stack([0.75 * t + 0.25 * prev, 0.75 * t + 0.25 * nxt], dim + 1).flatten(dim, dim + 1)
-    return axis(axis(x, 2), 3)
-
-
 def micro_upsample() -> dict:
-    out = {}
-    shapes = {"up_64ch_256to512": (8, 64, 256, 256), "up_32ch_128to256": (8, 128, 128, 128),
-              "down_16ch_512to256": (8, 16, 512, 512)}
-    for name, shape in shapes.items():
-        x0 = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        up = name.startswith("up")
-        fns = {"interpolate": (lambda t, up=up: F.interpolate(t, scale_factor=2 if up else 0.5, mode="bilinear",
-                                                              align_corners=False))}
-        fns["slices" if up else "avg_pool"] = _up_slices if up else (lambda t: F.avg_pool2d(t, 2))
-        ref = None
-        for label, fn in fns.items():
-            for compiled in (False, True):
-                f = torch.compile(fn, dynamic=False) if compiled else fn
-                x = x0.detach().clone().requires_grad_(True)
+    """Bilinear resizing forward+backward at the DPT decoder's and the StyleUNet's training sizes
+    (bf16, channels-last): ``F.interpolate`` eager and compiled, and model.resize's matrices
+    compiled (what the compiled step runs)."""
+    from model.resize import bilinear_resize
 
-                def run(f=f, x=x):
-                    y = f(x)
-                    y.backward(torch.ones_like(y))
-                    x.grad = None
-                with torch.no_grad():
-                    y = f(x0)
-                    ref = y if ref is None else ref
-                    out[f"{name}_{label}_max_abs_diff"] = float((y.float() - ref.float()).abs().max())
-                out[f"{name}_{label}{'_compiled' if compiled else ''}_fwd_bwd_ms"] = cuda_ms(run)
+    out = {}
+    shapes = {"dpt_256ch_148to296_corners": ((8, 256, 148, 148), True),
+              "unet_64ch_256to512": ((8, 64, 256, 256), False), "unet_128ch_128to256": ((8, 128, 128, 128), False)}
+    for name, (shape, corners) in shapes.items():
+        x0 = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        size = (2 * shape[2], 2 * shape[3])
+
+        def interpolate(t, size=size, c=corners):
+            return F.interpolate(t, size=size, mode="bilinear", align_corners=c)
+
+        fns = {"interpolate": interpolate, "interpolate_compiled": torch.compile(interpolate, dynamic=False),
+               "matrices_compiled": torch.compile(lambda t, s=size, c=corners: bilinear_resize(t, s, c), dynamic=False)}
+        with torch.no_grad():
+            ref = fns["interpolate"](x0).float()
+        for label, fn in fns.items():
+            x = x0.detach().clone().requires_grad_(True)
+
+            def run(fn=fn, x=x):
+                y = fn(x)
+                y.backward(torch.ones_like(y))
+                x.grad = None
+            y = fn(x)
+            out[f"{name}_{label}_max_abs_diff"] = float((y.detach().float() - ref).abs().max())
+            out[f"{name}_{label}_fwd_bwd_ms"] = cuda_ms(run)
     return out
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from model.config import BackboneConfig, DecoderConfig
 from model.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoVisionTransformer
+from model.resize import bilinear_resize
 
 
 def channels_last_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class FeatureFusionBlock(nn.Module):
         x = self.resConfUnit2(x)
         if size is None:
             size = (2 * x.shape[-2], 2 * x.shape[-1])
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        x = bilinear_resize(x, size, align_corners=True)
         return self.out_conv(x)
 
 
@@ -145,5 +146,5 @@ class ImageEncoder(DPTDecoder):
         global_feature = vit_maps[-1][:, :, 0, 0]
         local = self.decode(vit_maps, images)
         if local.shape[-1] != plane_size or local.shape[-2] != plane_size:
-            local = F.interpolate(local, size=(plane_size, plane_size), mode="bilinear", align_corners=True)
+            local = bilinear_resize(local, (plane_size, plane_size), align_corners=True)
         return local, global_feature

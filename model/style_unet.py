@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import RendererConfig
+from model.resize import bilinear_resize
 
 
 def _leaky(x: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,7 @@ def _leaky(x: torch.Tensor) -> torch.Tensor:
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
     """Bilinear ×2 (align_corners=False), the released ``F.interpolate(scale_factor=2)``."""
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    return bilinear_resize(x, (2 * x.shape[-2], 2 * x.shape[-1]), align_corners=False)
 
 
 def _resample(x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -26,6 +26,16 @@ def quiet_placement_group_cleaner() -> None:
     logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
+def private_runtime_env() -> dict:
+    """The private cluster's runtime env: the setup hook above, and this package's directory on
+    the workers' PYTHONPATH. Ray runs the hook before it gives a worker the driver's import path,
+    so from a source checkout that is not installed the hook's module must be found this way
+    (without it every worker died at start: "No module named 'pipeline'")."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    return {"worker_process_setup_hook": f"{__name__}.quiet_placement_group_cleaner", "env_vars": {"PYTHONPATH": path}}
+
+
 def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str:
     """``ray.init`` once, as described above; logs and returns what it did."""
     import ray
@@ -40,7 +50,7 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> str:
         # read when Ray starts its processes: without it they bind to the machine's network interface
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_placement_group_cleaner"})
+                 runtime_env=private_runtime_env())
         what = "started a private local Ray cluster on 127.0.0.1"
     log.info(what)
     return what

@@ -160,7 +160,8 @@ def train_step(state: TrainState, batch: PairBatch) -> tuple[dict[str, torch.Ten
     """forward → losses → backward → clip → optimizer and scheduler step. Returns the detached
     loss terms (with ``grad_norm`` and ``skipped_step``) and the network output (for panels)."""
     device = batch.source_image.device
-    state.model.train()
+    if not (state.model.training and state.network.training):  # train() walks ~1,000 modules: host time per step
+        state.model.train()
     target_image = target_at_render_size(batch.target_image, state.config.camera.image_size)
     with autocast(state.config, device):
         # no loss reads the depth: the rasterizer composites one channel less

@@ -36,3 +36,17 @@ def test_private_cluster_workers_silence_only_the_placement_group_watchdog(tmp_p
     levels = json.loads(line.split(" ", 1)[1])
     assert levels["cleaner"] == 40  # logging.ERROR: its once-a-second warning is gone
     assert levels["train"] <= 30  # the rest of Ray Train still warns
+
+
+def test_setup_hook_module_is_found_by_workers_of_an_uninstalled_checkout(tmp_path):
+    """Ray runs the hook before a worker gets the driver's import path: the runtime env's
+    PYTHONPATH alone must find it (an interpreter without site-packages, started elsewhere)."""
+    from pipeline.ray_cluster import private_runtime_env
+
+    env_vars = private_runtime_env()["env_vars"]
+    hook = private_runtime_env()["worker_process_setup_hook"]
+    probe = [sys.executable, "-S", "-c", f"import importlib; importlib.import_module({hook.rsplit('.', 1)[0]!r})"]
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    assert subprocess.run(probe, cwd=tmp_path, env=bare, capture_output=True).returncode != 0  # the failure it prevents
+    found = subprocess.run(probe, cwd=tmp_path, env={**bare, **env_vars}, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
