@@ -108,7 +108,7 @@ def worker_like_setup(cfg: ExperimentConfig, device: torch.device,
     state = build_train_state(cfg, device, channels_last=channels_last)
     torch.manual_seed(cfg.seed)  # train_loop_per_worker: seed + 1000 × rank
     if cfg.train.compile:
-        compile_regions(state.network)
+        compile_regions(state.network, mode=cfg.train.compile_mode)
     return state, PrefetchingLoader(make_source(cfg, 0, 1), cfg.data.batch_size, threads=cfg.data.num_workers)
 
 

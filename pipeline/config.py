@@ -56,6 +56,9 @@ class TrainConfig:
     cpus_per_worker: int = 8
     precision: Literal["bf16", "fp32"] = "bf16"
     compile: bool = False  # torch.compile the backbone/decoder, heads and StyleUNet (regions)
+    # inductor mode of that compile; "reduce-overhead" puts each region in CUDA graphs (fewer host
+    # launches: the step is host-bound on an H200, README "Measured"; not measured in this mode yet)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     tf32: bool = True  # fp32 matmuls/convolutions on TF32 tensor cores (the released recipe's "high")
     cudnn_benchmark: bool = True  # cuDNN autotunes each convolution shape once (fixed shapes: ~2% faster)
     storage_path: str = "outputs/runs"

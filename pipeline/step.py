@@ -105,15 +105,21 @@ def local_compile_cache() -> str:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
-def compile_regions(network: nn.Module, backend: str = "inductor") -> nn.Module:
+# inductor modes that capture CUDA graphs: a step must tell them where it begins
+CUDA_GRAPH_MODES = ("reduce-overhead",)
+
+
+def compile_regions(network: nn.Module, backend: str = "inductor", mode: str = "default") -> nn.Module:
     """``torch.compile`` the backbone/decoder, the Gaussian heads, the neural renderer and the
-    covariance builder in place (``backend``: torch.compile's; tests trace with "aot_eager"),
-    with kernels cached on the node (:func:`local_compile_cache`)."""
+    covariance builder in place (``backend``: torch.compile's, tests trace with "aot_eager";
+    ``mode``: inductor's, ``train.compile_mode``), with kernels cached on the node
+    (:func:`local_compile_cache`)."""
     local_compile_cache()
+    kwargs = {"backend": backend} if mode == "default" else {"backend": backend, "mode": mode}
     for name in COMPILED_REGIONS:
         module = getattr(network, name, None)
         if module is not None:
-            module.compile(backend=backend)
+            module.compile(**kwargs)
     return network
 
 
@@ -160,6 +166,9 @@ def train_step(state: TrainState, batch: PairBatch) -> tuple[dict[str, torch.Ten
     """forward → losses → backward → clip → optimizer and scheduler step. Returns the detached
     loss terms (with ``grad_norm`` and ``skipped_step``) and the network output (for panels)."""
     device = batch.source_image.device
+    train = state.config.train
+    if train.compile and train.compile_mode in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
     if not (state.model.training and state.network.training):  # train() walks ~1,000 modules: host time per step
         state.model.train()
     target_image = target_at_render_size(batch.target_image, state.config.camera.image_size)

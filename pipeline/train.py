@@ -254,7 +254,7 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
         log.warning("run %s resumes with %d workers instead of %d: the shards are dealt out anew, so the data "
                     "order is not the one an uninterrupted run would have seen", name, world, progress.world_size)
     if cfg.train.compile:
-        compile_regions(state.network)
+        compile_regions(state.network, mode=cfg.train.compile_mode)
     state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs=ddp_options())
 
     bad = BadDataLog()

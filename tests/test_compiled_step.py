@@ -144,3 +144,34 @@ def test_inductor_compiled_renderer_trains_channels_last_on_gpu():
     trained = [(n, p) for n, p in renderer.named_parameters() if p.requires_grad]
     assert trained and all(p.grad is not None and p.grad.shape == p.shape for _, p in trained)
     assert all(torch.isfinite(p.grad).all() for _, p in trained)
+
+
+def test_compile_mode_reaches_every_region_and_cuda_graph_steps_are_marked(monkeypatch, cfg, batch):
+    """train.compile_mode is inductor's mode for each compiled region; in a CUDA-graph mode every
+    step first marks its beginning (else the graphs' outputs of the last step could be read after
+    being overwritten)."""
+    from torch import nn
+
+    from pipeline.configtools import replace
+    from pipeline.step import COMPILED_REGIONS
+
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
+    state = build_train_state(replace(cfg, **{"train.compile": True, "train.compile_mode": "reduce-overhead"}),
+                              torch.device("cpu"))
+    compile_regions(state.network, mode="reduce-overhead")
+    regions = [n for n in COMPILED_REGIONS if getattr(state.network, n, None) is not None]
+    assert len(compiled) == len(regions) >= 5
+    assert all(kw == {"backend": "inductor", "mode": "reduce-overhead"} for _, kw in compiled)
+    compiled.clear()
+    compile_regions(state.network)
+    assert all(kw == {"backend": "inductor"} for _, kw in compiled)
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    train_step(state, batch)
+    train_step(state, batch)
+    assert marks == [1, 1]
+    default = build_train_state(cfg, torch.device("cpu"))
+    train_step(default, batch)
+    assert marks == [1, 1]
