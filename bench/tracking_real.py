@@ -18,7 +18,9 @@ Per clip and pooled, for yaw, pitch and roll (degrees): the per-clip offset (med
 independent), the median and p90 of |difference − offset|, the least-squares slope of ours on
 the independent estimate, the orthogonal (equal-noise Deming) slope and Pearson r (clips whose
 independent estimate moves > 5°: p95 − p5; pooled: how many clips fall in 0.85–1.15),
-the longest run of kept frames more than 10° off; frames kept and dropped (by reason); the median
+the longest run of kept frames more than 10° off, and how much of the disagreement is
+frame-to-frame noise (``_noise_split``: the median of the difference's 1-second moving mean, each
+series' jitter, which of the two estimators is the noisier); frames kept and dropped (by reason); the median
 fit residual (px at 512²); seconds per clip per stage and clips/min per core (one process, one
 torch thread; the machine's load average is recorded: a shared machine's timings are noisy).
 
@@ -219,6 +221,30 @@ def _slopes(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "pearson_r": float(sxy / np.sqrt(sxx * syy))}
 
 
+SLOW_WINDOW = 5  # samples (every 4–6th frame: about a second) of the moving mean in ``_noise_split``
+
+
+def _jitter(x: np.ndarray) -> float:
+    """Frame-to-frame noise σ of an evenly sampled series: std of its second differences / √6
+    (white noise of σ gives second differences of σ√6; smooth motion adds little)."""
+    return float(np.std(np.diff(x, 2)) / np.sqrt(6.0)) if len(x) > 4 else float("nan")
+
+
+def _noise_split(ours: np.ndarray, ind: np.ndarray, offset: float) -> dict[str, Any]:
+    """How much of a clip's disagreement is frame-to-frame noise: the median |difference − offset|
+    of the difference's moving mean over SLOW_WINDOW samples (what persists for about a second:
+    a systematic tracking error), the jitter of ours, of the independent estimate and of their
+    difference, and the independent estimate's noise beyond ours (√(var Δ²ind − var Δ²ours)/6,
+    negative when ours is the noisier: the head's motion adds the same to both)."""
+    d = ours - ind
+    k = SLOW_WINDOW
+    slow = np.convolve(np.pad(d, k // 2, mode="edge"), np.ones(k) / k, mode="valid") if len(d) >= k else d
+    excess = (np.var(np.diff(ind, 2)) - np.var(np.diff(ours, 2))) / 6.0 if len(d) > 4 else float("nan")
+    return {"median_abs_slow": float(np.median(np.abs(slow - offset))),
+            "jitter": {"ours": _jitter(ours), "independent": _jitter(ind), "difference": _jitter(d)},
+            "independent_noise_beyond_ours": float(np.sign(excess) * np.sqrt(abs(excess)))}
+
+
 def _in_range(values: list[float]) -> str:
     lo, hi = SLOPE_RANGE
     return f"{sum(lo <= v <= hi for v in values)}/{len(values)}"
@@ -233,7 +259,8 @@ def agreement(ours: np.ndarray, ind: np.ndarray) -> dict[str, Any]:
         r = np.abs(d - offset)
         spread = float(np.percentile(ind[:, a], 95) - np.percentile(ind[:, a], 5))
         entry = {"offset": offset, "median_abs": float(np.median(r)), "p90_abs": float(np.percentile(r, 90)),
-                 "longest_run_over_10": _longest_run(r > 10.0), "independent_range_p5_p95": spread}
+                 "longest_run_over_10": _longest_run(r > 10.0), "independent_range_p5_p95": spread,
+                 **_noise_split(ours[:, a], ind[:, a], offset)}
         if spread > 5.0 and len(d) > 3:
             entry.update(_slopes(ind[:, a] - ind[:, a].mean(), ours[:, a] - ours[:, a].mean()))
         out[name] = entry
@@ -254,7 +281,12 @@ def pooled(per_clip: list[dict[str, Any]], series: list[tuple[np.ndarray, np.nda
                  "clips_with_run_over_10": sum(c["agreement"][name]["longest_run_over_10"] >= 10 for c in per_clip),
                  "moving_clips": len(moving),
                  "clips_median_abs_at_most_1": f"{sum(c['agreement'][name]['median_abs'] <= 1.0 for c in per_clip)}/{len(per_clip)}",
-                 "clips_p90_abs_at_most_3": f"{sum(c['agreement'][name]['p90_abs'] <= 3.0 for c in per_clip)}/{len(per_clip)}"}
+                 "clips_p90_abs_at_most_3": f"{sum(c['agreement'][name]['p90_abs'] <= 3.0 for c in per_clip)}/{len(per_clip)}",
+                 "clips_median_abs_slow_at_most_1":
+                     f"{sum(c['agreement'][name]['median_abs_slow'] <= 1.0 for c in per_clip)}/{len(per_clip)}",
+                 "clips_independent_noisier": f"{sum(c['agreement'][name]['independent_noise_beyond_ours'] > 0 for c in per_clip)}/{len(per_clip)}",
+                 "jitter_median_over_clips": {who: float(np.median([c["agreement"][name]["jitter"][who] for c in per_clip]))
+                                              for who in ("ours", "independent", "difference")} if per_clip else {}}
         if moving:
             y = np.concatenate([m[0] for m in moving])
             x = np.concatenate([m[1] for m in moving])
