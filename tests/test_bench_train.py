@@ -50,3 +50,13 @@ def test_ray_windows_are_the_logging_windows_after_the_warm_up(tmp_path):
     assert got["pairs_per_s"] == 62.0 and got["spread"]["pairs_per_s"]["values"] == [60.0, 64.0, 62.0]
     assert got["warmup_s"] == pytest.approx(32.0) and got["peak_mem_gib"] == 12.0
 
+
+
+def test_each_variant_sets_what_its_name_says():
+    from bench.train import VARIANTS, variant_config
+
+    for name in VARIANTS:
+        cfg = variant_config("shards", name, [])
+        assert cfg.train.compile == ("compile" in name)
+        assert cfg.train.precision == ("fp32" if name.startswith("fp32") else "bf16")
+        assert cfg.train.compile_mode == ("reduce-overhead" if name.endswith("_graphs") else "default")
