@@ -42,6 +42,16 @@ def test_overrides_parse_yaml_values_and_coerce_types():
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
 
 
+def test_exponent_numbers_without_a_dot_are_numbers_and_words_or_nan_are_not():
+    """YAML 1.1 reads 5e-4 as a string; a user writing --set optim.lr=5e-4 means the number."""
+    cfg = load_config("smoke", ["optim.lr=5e-4", "optim.style_lr=1E-5"])
+    assert (cfg.optim.lr, cfg.optim.style_lr) == (5e-4, 1e-5)
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
+        load_config("smoke", ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="finite"):
+        load_config("smoke", ["optim.lr=nan"])
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config("smoke", ["train.steps=11"])
     path = save_config(cfg, tmp_path / "config.yaml")
