@@ -130,14 +130,15 @@ def _broadcast_int(value: int, device: torch.device) -> int:
 
 def validate(state: TrainState, pairs: list[dict], rank: int, world: int, device: torch.device) -> dict[str, float]:
     """PSNR/SSIM (and LPIPS when the loss has an LPIPS network) of refined outputs, averaged over
-    every rank's share of the held-out pairs (one all-reduce)."""
+    every rank's share of the held-out pairs (one all-reduce), and ``val/refined_std``: the spread
+    of all their pixels (0 for images of one flat colour, see :func:`flat_output_warning`)."""
     from model.metrics import psnr, ssim
     from model.perceptual import LPIPS
 
     from .data import collate_pairs
 
     mine = pairs[rank::world]
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # psnr, ssim, lpips, count
+    sums = torch.zeros(7, dtype=torch.float64, device=device)  # psnr, ssim, lpips, count, Σx, Σx², pixels
     lpips_net = state.loss.perceptual if isinstance(state.loss.perceptual, LPIPS) else None
     for i in range(0, len(mine), 4):
         batch = collate_pairs(mine[i:i + 4]).to(device)
@@ -149,12 +150,29 @@ def validate(state: TrainState, pairs: list[dict], rank: int, world: int, device
         if lpips_net is not None:
             sums[2] += lpips_net(pred, target).sum().double()
         sums[3] += len(batch)
+        sums[4:] += torch.stack([pred.sum(), pred.square().sum(), torch.tensor(pred.numel(), device=device)]).double()
     sums = _all_reduce_sum(sums)
     n = sums[3].clamp_min(1)
-    out = {"val/psnr": (sums[0] / n).item(), "val/ssim": (sums[1] / n).item()}
+    mean = sums[4] / sums[6].clamp_min(1)
+    out = {"val/psnr": (sums[0] / n).item(), "val/ssim": (sums[1] / n).item(),
+           "val/refined_std": (sums[5] / sums[6].clamp_min(1) - mean.square()).clamp_min(0).sqrt().item()}
     if lpips_net is not None:
         out["val/lpips"] = (sums[2] / n).item()
     return out
+
+
+FLAT_OUTPUT_STD = 1e-3  # below this spread every validation image is one flat colour
+
+
+def flat_output_warning(val: dict[str, float], step: int) -> str | None:
+    """The warning for a run whose validation images have all become one flat colour (a neural
+    renderer whose sigmoid saturated gives no gradient back and does not recover): losses stay
+    finite, so nothing else would say that the run stopped learning."""
+    if val.get("val/refined_std", 1.0) >= FLAT_OUTPUT_STD:
+        return None
+    return (f"step {step}: every validation image is one flat colour (pixel spread {val['val/refined_std']:.1e}): "
+            "the neural renderer's output saturated and the run is not learning; a lower optim.lr / "
+            "optim.style_lr may avoid it")
 
 
 def _restore(state: TrainState, run_url: str, rank: int, device: torch.device, s3: storage.S3Options | None,
@@ -295,6 +313,9 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
                     return
             if val_pairs and cfg.train.val_every and done % cfg.train.val_every == 0:
                 val = validate(state, val_pairs, rank, world, device)
+                warning = flat_output_warning(val, done)
+                if warning and rank == 0:
+                    log.warning(warning)
                 metrics.update(val)
                 logger.log(done, val)
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
