@@ -34,7 +34,10 @@ DEFAULT_TRAIN_SECONDS = 360.0  # the demo's training budget: ~2,500 steps on 2 C
 # one's (its Gaussians start large and shrink within ~60 steps: 0.30 → 0.13 s on 2 CPU cores), so
 # timing the first steps bought half the steps the budget had room for.
 TIMING_WARMUP, TIMING_SECONDS, TIMING_STEPS = 60, 10.0, (5, 40)
-TIMING_WARMUP_SECONDS = 20.0  # …but no longer than this (a slow config must not spend its budget here)
+TIMING_WARMUP_SECONDS = 20.0  # …but no longer than this, or than TIMING_WARMUP_SHARE of the training budget
+# A fresh model's first ~50 steps cost 2–5× the later ones (128² on 2 cores: 1.0–1.6 s, then 0.34 s):
+# a warm-up cut short inside them times those, and the budget buys a quarter of the steps it holds.
+TIMING_WARMUP_SHARE = 0.25
 TIMING_BATCHES = 16  # distinct batches the timing trains on (the first pairs of the shards)
 STEP_QUANTUM = 50  # train.steps is a multiple of this (whole logging windows)
 TILE = 256  # side of each panel of the reenactment videos, pixels
@@ -58,6 +61,11 @@ def steps_for_budget(seconds: float, step_seconds: float, minimum: int = STEP_QU
         raise ValueError(f"need a positive budget and step time, got {seconds} s and {step_seconds} s/step")
     steps = int(seconds / step_seconds) // STEP_QUANTUM * STEP_QUANTUM
     return int(min(max(steps, minimum), maximum))
+
+
+def warmup_seconds_for(train_seconds: float) -> float:
+    """The step timing's warm-up limit for a training budget of ``train_seconds``."""
+    return max(TIMING_WARMUP_SECONDS, TIMING_WARMUP_SHARE * train_seconds)
 
 
 def with_step_count(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
@@ -206,7 +214,8 @@ def run_demo(cfg: ExperimentConfig, out_dir: str | Path = "outputs/demo",
     cfg = replace(cfg, **{"data.train_shards": str(shards / "train"), "data.test_self_shards": str(shards / "test_self"),
                           "data.test_cross_shards": str(shards / "test_cross"), "train.storage_path": str(out / "runs"),
                           "train.use_gpu": gpu})
-    step_seconds = time_training_steps(cfg, str(shards / "train"), "cuda" if gpu else "cpu")
+    step_seconds = time_training_steps(cfg, str(shards / "train"), "cuda" if gpu else "cpu",
+                                       warmup_seconds=warmup_seconds_for(train_seconds))
     steps = steps_for_budget(train_seconds, step_seconds)
     cfg = with_step_count(cfg, steps)
     log.info("demo: %.3f s per training step on %s: %d steps fill the %.0f s budget", step_seconds,

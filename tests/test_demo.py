@@ -58,6 +58,13 @@ def test_step_timing_warm_up_stops_at_its_time_limit(tmp_path, monkeypatch):
     assert len(calls) == 1 + 2  # one warm-up step (the limit passed), then the two timed ones
 
 
+def test_warm_up_limit_grows_with_the_budget():
+    from pipeline.demo import TIMING_WARMUP_SECONDS, warmup_seconds_for
+
+    assert warmup_seconds_for(360.0) == 90.0  # the demo's default budget
+    assert warmup_seconds_for(10.0) == TIMING_WARMUP_SECONDS  # never below the fixed minimum
+
+
 def test_triptych_puts_source_driver_result_side_by_side(tmp_path):
     from preprocessing.synthetic.video import write_video
 
