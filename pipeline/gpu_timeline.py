@@ -88,10 +88,9 @@ def idle_report(trace_path: str | Path, steps: int, top: int = 15, min_gap_us: f
     starts = [e["ts"] for e in first_device_at]
     for (_, end), (nxt, _) in zip(busy, busy[1:]):
         gap = nxt - end
-        if gap < min_gap_us:
-            idle_total += gap
-            continue
         idle_total += gap
+        if gap < min_gap_us:  # counted as idle, too short to be worth a cause
+            continue
         kernel = first_device_at[bisect.bisect_left(starts, nxt)]
         launch = launch_by_corr.get(kernel.get("args", {}).get("correlation"))
         stack = threads[launch["tid"]].stack_at((end + nxt) / 2) if launch and launch["tid"] in threads else []

@@ -150,7 +150,9 @@ def validate(state: TrainState, pairs: list[dict], rank: int, world: int, device
         if lpips_net is not None:
             sums[2] += lpips_net(pred, target).sum().double()
         sums[3] += len(batch)
-        sums[4:] += torch.stack([pred.sum(), pred.square().sum(), torch.tensor(pred.numel(), device=device)]).double()
+        sums[4] += pred.sum().double()
+        sums[5] += pred.square().sum().double()
+        sums[6] += pred.numel()
     sums = _all_reduce_sum(sums)
     n = sums[3].clamp_min(1)
     mean = sums[4] / sums[6].clamp_min(1)
