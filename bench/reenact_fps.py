@@ -32,6 +32,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -248,7 +249,32 @@ def measure_variant(model, flame, options, batch: int, source, shape, source_T, 
         cell["_pipelined"] = {"options": dataclasses.asdict(reenactor.options),
                               **timed_frames(reenactor, frames, args.warmup, args.windows, device, batch=batch,
                                              finish=reenactor.synchronize)}
+        if args.profile_frames and options.compile and batch == 1 and device.type == "cuda":
+            cell["_pipelined"]["profile"] = profile_frames(reenactor, frames, args.profile_frames)
     return cell
+
+
+def profile_frames(reenactor, frames: dict[str, torch.Tensor], n: int) -> dict:
+    """Where a pipelined frame's time goes: ``n`` frames under torch.profiler → GPU busy/idle
+    ms per frame and the idle gaps' causes (:func:`pipeline.gpu_timeline.idle_report`), and the
+    top kernels by GPU time per frame."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pipeline.gpu_timeline import idle_report
+    from pipeline.profiling import operator_rows
+
+    count = frames["expression"].shape[0]
+    one = lambda i: {k: v[i % count:i % count + 1] for k, v in frames.items()}  # noqa: E731
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(n):
+            reenactor(**one(i))
+        reenactor.synchronize()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        timeline = idle_report(trace, n)
+    return {"frames": n, "gpu_timeline": timeline, "kernels": operator_rows(prof, n, top=25, on_gpu=True)}
 
 
 def summarize(result: dict) -> dict | None:
@@ -310,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     p.add_argument("--compile-modes", default="default",
                    help="inductor modes for the compiled variant, comma-separated (e.g. default,max-autotune-no-cudagraphs)")
+    p.add_argument("--profile-frames", type=int, default=0,
+                   help="profile this many pipelined frames of the compiled variant (GPU timeline, top kernels)")
     p.add_argument("--max-seconds", type=float, default=420.0, help="skip variants that would start past this")
     p.add_argument("--smoke", action="store_true", help="CPU, smoke preset, eager variants only (a code check)")
     p.add_argument("--device-command", default="", help="the command as run on the device (recorded)")

@@ -18,8 +18,9 @@ one process ran up to 12% slower on an H100):
    matmuls, eager, no cuDNN autotuning, NCHW, nearest neighbours by chunked matmuls on the GPU —
    the released faiss-on-CPU search alone made its step 4.2 s); also ``bf16`` (eager bf16 with the
    other optimisations) and the diagnostics ``bf16_compile_nchw`` (without channels-last),
-   ``bf16_compile_fused`` (the compiled-reduction search) and ``bf16_compile_graphs``
-   (``train.compile_mode=reduce-overhead``: each compiled region in CUDA graphs);
+   ``bf16_compile_fused`` (the compiled-reduction search) and ``bf16_compile_no_graphs``
+   (``train.compile_mode=default``: inductor's kernels launched one by one, not replayed from the
+   CUDA graphs of the default ``reduce-overhead``);
 2. ``bf16_compile`` (what ``gaga-train`` runs: bf16 autocast, torch.compile of the network's
    regions, channels-last convolutions, Triton nearest-point search, cuDNN autotuning) through
    ``TorchTrainer`` with one GPU worker and an empty inductor cache directory (``--no-ray``
@@ -86,10 +87,10 @@ VARIANTS = {
     "bf16_compile": ("bf16", True, None, True, True),
     "bf16_compile_nchw": ("bf16", True, None, True, False),
     "bf16_compile_fused": ("bf16", True, "fused", True, True),
-    "bf16_compile_graphs": ("bf16", True, None, True, True),
+    "bf16_compile_no_graphs": ("bf16", True, None, True, True),
 }
-# variants compiled in another inductor mode than the default (train.compile_mode)
-COMPILE_MODES = {"bf16_compile_graphs": "reduce-overhead"}
+# variants compiled in another inductor mode than the config's (train.compile_mode)
+COMPILE_MODES = {"bf16_compile_no_graphs": "default"}
 DEFAULT_VARIANTS = "fp32_eager,bf16"
 
 

@@ -25,7 +25,7 @@ from model.flame import FlameModel
 from model.frame_params import split_params
 from model.optim import skip_update_if
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, TrainConfig
 from .data import PairBatch
 
 
@@ -109,6 +109,12 @@ def local_compile_cache() -> str:
 CUDA_GRAPH_MODES = ("reduce-overhead",)
 
 
+def replays_cuda_graphs(train: TrainConfig, device: torch.device) -> bool:
+    """Whether the compiled regions run from CUDA graphs (CUDA workers only: train.compile is
+    not applied on a CPU)."""
+    return train.compile and train.compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
+
+
 def compile_regions(network: nn.Module, backend: str = "inductor", mode: str = "default") -> nn.Module:
     """``torch.compile`` the backbone/decoder, the Gaussian heads, the neural renderer and the
     covariance builder in place (``backend``: torch.compile's, tests trace with "aot_eager";
@@ -167,7 +173,7 @@ def train_step(state: TrainState, batch: PairBatch) -> tuple[dict[str, torch.Ten
     loss terms (with ``grad_norm`` and ``skipped_step``) and the network output (for panels)."""
     device = batch.source_image.device
     train = state.config.train
-    if train.compile and train.compile_mode in CUDA_GRAPH_MODES:
+    if replays_cuda_graphs(train, device):
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
     if not (state.model.training and state.network.training):  # train() walks ~1,000 modules: host time per step
         state.model.train()

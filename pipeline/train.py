@@ -273,7 +273,7 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
         start = progress.step * batch_size
         log.warning("run %s resumes with %d workers instead of %d: the shards are dealt out anew, so the data "
                     "order is not the one an uninterrupted run would have seen", name, world, progress.world_size)
-    if cfg.train.compile:
+    if cfg.train.compile and device.type == "cuda":
         compile_regions(state.network, mode=cfg.train.compile_mode)
     state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs=ddp_options())
 

@@ -59,4 +59,4 @@ def test_each_variant_sets_what_its_name_says():
         cfg = variant_config("shards", name, [])
         assert cfg.train.compile == ("compile" in name)
         assert cfg.train.precision == ("fp32" if name.startswith("fp32") else "bf16")
-        assert cfg.train.compile_mode == ("reduce-overhead" if name.endswith("_graphs") else "default")
+        assert cfg.train.compile_mode == ("default" if name.endswith("_no_graphs") else "reduce-overhead")
