@@ -245,6 +245,51 @@ def _noise_split(ours: np.ndarray, ind: np.ndarray, offset: float) -> dict[str, 
             "independent_noise_beyond_ours": float(np.sign(excess) * np.sqrt(abs(excess)))}
 
 
+def three_cornered_hat(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> dict[str, float]:
+    """Error σ of each of three estimates of the same angle series (same frames), from the
+    variances of their pairwise differences (the "three-cornered hat" of clock comparisons):
+    σ²_a = (V_ab + V_ac − V_bc) / 2 and so on, exact when the three errors are uncorrelated. Two
+    estimates that share an error (the same landmarks, the same head model) read as less noisy and
+    push the third one's σ up; a negative σ² (strongly shared errors) is reported as −√|σ²|."""
+    v_ab, v_ac, v_bc = np.var(a - b), np.var(a - c), np.var(b - c)
+    out = {"a": (v_ab + v_ac - v_bc) / 2, "b": (v_ab + v_bc - v_ac) / 2, "c": (v_ac + v_bc - v_ab) / 2}
+    return {k: float(np.sign(v) * np.sqrt(abs(v))) for k, v in out.items()}
+
+
+HAT = {"a": "ours_mediapipe", "b": "ours_dlib", "c": "independent"}
+
+
+def hat_report(after: dict[str, dict], after_dlib: dict[str, dict], clips: list[str]) -> dict[str, Any]:
+    """:func:`three_cornered_hat` per clip and angle over the frames that both tracker variants
+    kept and the independent estimator found (our tracker with MediaPipe landmarks, with dlib's
+    68 landmarks, and MediaPipe + PnP), and per angle the median over clips and in how many clips
+    ours (MediaPipe) has the smaller error than the independent estimate."""
+    per_clip: dict[str, Any] = {}
+    for clip in clips:
+        x, y = after.get(clip), after_dlib.get(clip)
+        if not x or not y or "ours" not in x or "ours" not in y:
+            continue
+        ids_x = np.asarray(x["frame_ids"])[x["found"]]
+        common, ix, iy = np.intersect1d(ids_x, np.asarray(y["frame_ids"]), return_indices=True)
+        if len(common) < 10:
+            continue
+        ours_x = x["ours"][x["found"]][ix]
+        per_clip[clip] = {"frames": int(len(common)), **{
+            name: {HAT[k]: v for k, v in three_cornered_hat(ours_x[:, i], y["ours"][iy, i], x["ind"][ix, i]).items()}
+            for i, name in enumerate(ANGLES)}}
+    summary: dict[str, Any] = {}
+    for name in ANGLES:
+        rows = [c[name] for c in per_clip.values()]
+        if rows:
+            summary[name] = {"median_sigma": {who: float(np.median([r[who] for r in rows])) for who in HAT.values()},
+                             "clips_ours_mediapipe_below_independent":
+                                 f"{sum(r['ours_mediapipe'] < r['independent'] for r in rows)}/{len(rows)}",
+                             "clips_ours_mediapipe_sigma_at_most_1":
+                                 f"{sum(r['ours_mediapipe'] <= 1.0 for r in rows)}/{len(rows)}"}
+    return {"estimators": dict(HAT), "assumption": "uncorrelated errors (see three_cornered_hat)",
+            "per_clip": per_clip, "summary": summary}
+
+
 def _in_range(values: list[float]) -> str:
     lo, hi = SLOPE_RANGE
     return f"{sum(lo <= v <= hi for v in values)}/{len(values)}"
@@ -672,6 +717,9 @@ def main(argv: list[str] | None = None) -> None:
             "speed": _speed(metas), "wall_seconds": time.perf_counter() - t0,
         }
         report["machine"][f"load_average_after_{variant}"] = os.getloadavg()
+        write_report(report, args.out, echo=False)
+    if "after" in figures and "after_dlib" in figures:
+        report["three_cornered_hat"] = hat_report(figures["after"], figures["after_dlib"], [v.name for v in videos])
         write_report(report, args.out, echo=False)
     group = group_photo(portraits)
     if group:

@@ -274,6 +274,9 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
         log.warning("run %s resumes with %d workers instead of %d: the shards are dealt out anew, so the data "
                     "order is not the one an uninterrupted run would have seen", name, world, progress.world_size)
     if cfg.train.compile and device.type == "cuda":
+        if rank == 0:  # the first steps then take minutes: say why before they start
+            log.info("torch.compile of the network's regions (mode %s): the first steps compile for 2-3 minutes "
+                     "(cached on this node for the next run; train.compile=false skips it)", cfg.train.compile_mode)
         compile_regions(state.network, mode=cfg.train.compile_mode)
     state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs=ddp_options())
 
