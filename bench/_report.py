@@ -4,6 +4,7 @@ pieces the timing benchmarks share: the spread over repeated windows and the GPU
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -14,6 +15,28 @@ from typing import Any
 # between variants shows here, not as a mysterious speed difference
 GPU_FIELDS = ("clocks.sm", "clocks.mem", "clocks.max.sm", "temperature.gpu", "power.draw", "power.limit",
               "clocks_event_reasons.active", "memory.used")
+
+
+def command_line(module: str, argv: list[str], named: dict[str, str] | None = None) -> str:
+    """``python -m module argv`` as a JSON records it: the value of each option in ``named`` replaced
+    by what it names (a machine's paths mean nothing elsewhere), ``--device-command`` left out
+    (recorded in a field of its own), the rest shell-quoted."""
+    named = {**(named or {}), "--device-command": ""}
+    out, pending = ["python", "-m", module], None
+    for arg in argv:
+        option, eq, value = arg.partition("=")
+        if pending is not None:
+            out += [named[pending]] if named[pending] else []
+            pending = None
+        elif option in named and eq:
+            out += [f"{option}={named[option]}"] if named[option] else []
+        elif arg in named:
+            pending = arg
+            if named[arg]:
+                out.append(arg)
+        else:
+            out.append(shlex.quote(arg))
+    return " ".join(out)
 
 
 def write_report(report: dict[str, Any], out: str | Path | None, echo: bool = True) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench._report import write_report
+from bench._report import command_line, write_report
 
 # one person per clip (d18 is left out: possibly the same man as d19)
 DEFAULT_CLIPS = ("d0", "d3", "d6", "d9", "d10", "d11", "d12", "d13", "d14", "d19", "d20")
@@ -261,8 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
     t0 = time.perf_counter()
     report: dict[str, Any] = {
-        "command": "python -m bench.metrics_real " + " ".join(
-            shlex.quote("FACES" if a == args.faces else a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": command_line("bench.metrics_real", sys.argv[1:] if argv is None else argv, {"--faces": "FACES"}),
         "faces": "FACES: a folder holding the clips below (not recorded: a machine path)",
         "data": {"origin": args.origin, "files": [f"{c}.mp4" for c in clips],
                  "frames": f"0 s and {LATER_S:g} s of each clip, cut to 3x dlib's face box, resized to {SIZE}^2"},

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench._report import write_report
+from bench._report import command_line, write_report
 from model.config import CameraConfig, LossConfig, ModelConfig, OptimConfig, RasterizerConfig
 from model.flame import FlameModel
 from model.gagavatar import GAGAvatar
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench.model_step needs a CUDA GPU")
     result = {
-        "command": "python -m bench.model_step " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("bench.model_step", argv if argv is not None else sys.argv[1:]),
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "python": platform.python_version(),

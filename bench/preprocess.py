@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from bench._report import command_line
+
 
 def _median_time(fn, reps: int) -> float:
     times = []
@@ -160,7 +162,7 @@ def main() -> None:
     flame = FlameModel.from_config(cfg.flame)
     result = {
         "bench": "preprocess", "config": args.config, "crop_size": cfg.preprocess.crop.size,
-        "command": " ".join(["python", "-m", "bench.preprocess", *sys.argv[1:]]),
+        "command": command_line("bench.preprocess", sys.argv[1:]),
         "tracking_steps": {"rigid": cfg.preprocess.tracking.rigid_steps, "joint": cfg.preprocess.tracking.steps},
         "dataset": {"clips": args.clips, "frames": args.frames, "resolution": args.resolution},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,

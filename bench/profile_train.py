@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench._report import cuda_ms, gpu_state, write_report
+from bench._report import command_line, cuda_ms, gpu_state, write_report
 from bench.train import VARIANTS, isolated, make_shards, variant_config, worker_like_setup
 from pipeline.profiling import StepProfiler
 from pipeline.step import train_step
@@ -194,7 +194,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench.profile_train needs a CUDA GPU")
     report = {"benchmark": "GPU time of one training step (paper preset, batch 8, 512²) and of its pieces",
-              "command": " ".join(["python3", "-m", "bench.profile_train", *sys.argv[1:]]),
+              "command": command_line("bench.profile_train", sys.argv[1:]),
               "device_command": args.device_command, "gpu": f"one {torch.cuda.get_device_name()}",
               "torch": torch.__version__, "gpu_before": gpu_state(), "micro": {}, "steps": {}}
     torch.backends.cuda.matmul.allow_tf32 = True

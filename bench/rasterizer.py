@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench._report import cuda_ms
+from bench._report import command_line, cuda_ms
 from model.config import RasterizerConfig
 from model.rasterizer import available_backends, render_gaussians
 from model.rasterizer.synthetic import head_scene
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     report: dict = {
-        "command": " ".join(["python -m bench.rasterizer", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line("bench.rasterizer", sys.argv[1:] if argv is None else argv),
         "torch": torch.__version__,
         "scene": "model.rasterizer.synthetic.head_scene: 180,255 Gaussians, 32 channels, focal 12, distance 9.3",
         "config": dataclasses.asdict(RasterizerConfig()),

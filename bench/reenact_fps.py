@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from bench._report import gpu_state, spread, write_report
+from bench._report import command_line, gpu_state, spread, write_report
 
 TARGETS = {"fast_fps_min": 450.0, "first_frame_s_max": 120.0, "refined_psnr_db_min": 45.0,
            "reconstruction_ms_max": 10.0}
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("bench.reenact_fps needs a CUDA GPU (or --smoke for a CPU code check)")
     if args.smoke:
         args.frames, args.warmup, args.recon_reps, args.windows, args.check_frames = min(args.frames, 4), 1, 2, 2, 2
-    info = {"command": "python3 -m bench.reenact_fps " + " ".join(argv if argv is not None else sys.argv[1:]),
+    info = {"command": command_line("bench.reenact_fps", argv if argv is not None else sys.argv[1:]),
             "device_command": args.device_command, "torch": torch.__version__, "python": platform.python_version(),
             "protocol": "source reconstructed once; driving parameters precomputed on the device; 512² batch 1; "
                         "FPS = frames / synchronised wall time of all frames after warm-up, per window; "

@@ -64,7 +64,7 @@ def main() -> None:
     if args.device == "cuda" and gpus == 0:
         sys.exit("bench.scaling needs CUDA GPUs (or --device cpu --preset smoke for a gloo dry run)")
     counts = [int(n) for n in args.workers.split(",")] if args.workers else [n for n in (1, 2, 4, 8) if n <= gpus]
-    from bench._report import write_report
+    from bench._report import command_line, write_report
     from bench.train import make_shards
 
     shards = make_shards(Path(tempfile.mkdtemp(prefix="bench-shards-")), args.size, clips=4, pairs_per_clip=64)
@@ -77,7 +77,7 @@ def main() -> None:
             r["exposed_allreduce_share"] = 1 - base["step_ms"] / r["step_ms"]
     report = {
         "benchmark": "DDP scaling through Ray Train, paper preset, same per-GPU batch",
-        "command": " ".join(["python", "-m", "bench.scaling", *sys.argv[1:]]),
+        "command": command_line("bench.scaling", sys.argv[1:]),
         "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)] or ["none (CPU gloo dry run)"],
         "torch": torch.__version__, "python": platform.python_version(), "nvls": "off",
         "preset": args.preset, "per_gpu_batch": args.per_gpu_batch, "steps": args.steps, "warmup": args.warmup,

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from bench._report import command_line
 from preprocessing.config import SyntheticDataConfig
 from preprocessing.synthetic import GENERATOR_VERSION, dataset_key, generate_dataset
 
@@ -69,7 +69,7 @@ def main() -> None:
         print(json.dumps(runs[-1]), flush=True)
     best = min(runs, key=lambda r: r["seconds"])
     result = {
-        "command": "python -m bench.synthetic_data " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command_line("bench.synthetic_data", sys.argv[1:]),
         "config": dataclasses.asdict(cfg),
         "dataset_key": dataset_key(cfg),
         "generator_version": GENERATOR_VERSION,

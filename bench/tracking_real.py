@@ -621,15 +621,9 @@ def _speed(metas: list[dict[str, Any]]) -> dict[str, Any]:
             "clips_per_min_per_core": 60.0 * len(ok) / total if total else None}
 
 
-def _command(argv: list[str]) -> str:
-    """The command line with the machine's paths replaced by what they name."""
-    named = {"--clips": "<folder of real clips>", "--canonical-model": "<canonical_face_model.obj>", "--work": "<work dir>",
-             "--crops": "<crops PNG outside the repository>"}
-    out, skip = ["python", "-m", "bench.tracking_real"], None
-    for arg in argv:
-        out.append(named[skip] if skip else arg)
-        skip = arg if arg in named else None
-    return " ".join(out)
+# the machine's paths in the recorded command, by what they name
+NAMED_PATHS = {"--clips": "<folder of real clips>", "--canonical-model": "<canonical_face_model.obj>",
+               "--work": "<work dir>", "--crops": "<crops PNG outside the repository>"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -656,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.clips or not args.canonical_model:
         parser.error("--clips and --canonical-model are required")
-    from bench._report import write_report
+    from bench._report import command_line, write_report
 
     root = Path(args.clips)
     videos = sorted(root.rglob("*.mp4"), key=lambda p: (p.parent.name, len(p.stem), p.stem))
@@ -671,7 +665,7 @@ def main(argv: list[str] | None = None) -> None:
     hostile_dir.mkdir(exist_ok=True)
     hostile = build_hostile({v.name: v for v in videos}, hostile_dir, estimator)
     report: dict[str, Any] = {
-        "bench": "tracking_real", "command": _command(argv or sys.argv[1:]),
+        "bench": "tracking_real", "command": command_line("bench.tracking_real", argv or sys.argv[1:], NAMED_PATHS),
         "clips": {"source": args.source, "files": [str(v.relative_to(root)) for v in videos],
                   "hostile": {k: {"built_from": v["from"]} for k, v in hostile.items()}},
         "independent_estimator": "MediaPipe FaceMesh (468 points) on our 512² crops + canonical_face_model.obj, "

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._report import gpu_state, spread, write_report
+from bench._report import command_line, gpu_state, spread, write_report
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data import PrefetchingLoader
 from pipeline.step import TrainState, build_train_state, compile_regions, train_step
@@ -259,7 +259,7 @@ def main() -> None:
     kind = _gpu_kind()
     report: dict = {
         "benchmark": "training step, paper preset, batch 8, 512², one GPU",
-        "command": " ".join(["python3", "-m", "bench.train", *sys.argv[1:]]),
+        "command": command_line("bench.train", sys.argv[1:]),
         "device_command": args.device_command,
         "gpu": f"one {torch.cuda.get_device_name()}" if device.type == "cuda" else "none (CPU dry run)",
         "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
