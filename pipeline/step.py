@@ -13,7 +13,10 @@ stream move on. The training loop counts skipped steps and stops the run past
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import shutil
+import sysconfig
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +110,21 @@ def local_compile_cache() -> str:
 
 # inductor modes that capture CUDA graphs: a step must tell them where it begins
 CUDA_GRAPH_MODES = ("reduce-overhead",)
+
+
+def compile_unavailable_reason() -> str | None:
+    """Why torch.compile's GPU kernels cannot be built on this node, or None. Inductor's kernels
+    are Triton's, and Triton builds a small C launcher for each one: it needs a C compiler (``CC``,
+    clang or gcc) and Python's headers, which slim containers often lack. Without this check the
+    run would fail at its first step, after its workers had started."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if not (os.environ.get("CC") or shutil.which("clang") or shutil.which("gcc")):
+        return "no C compiler (CC, clang or gcc) to build Triton's kernel launchers"
+    include = sysconfig.get_paths().get("include") or ""
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        return f"no Python headers ({os.path.join(include, 'Python.h')}) to build Triton's kernel launchers"
+    return None
 
 
 def replays_cuda_graphs(train: TrainConfig, device: torch.device) -> bool:

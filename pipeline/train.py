@@ -54,7 +54,15 @@ from .run_files import (
 from .run_logging import RunLogger
 from .run_names import run_name
 from .shard_reader import BadDataLog, DataError, first_usable_sample, read_pairs
-from .step import TrainState, build_train_state, compile_regions, predict, target_at_render_size, train_step
+from .step import (
+    TrainState,
+    build_train_state,
+    compile_regions,
+    compile_unavailable_reason,
+    predict,
+    target_at_render_size,
+    train_step,
+)
 
 log = logging.getLogger("gaga.train")
 
@@ -274,10 +282,16 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
         log.warning("run %s resumes with %d workers instead of %d: the shards are dealt out anew, so the data "
                     "order is not the one an uninterrupted run would have seen", name, world, progress.world_size)
     if cfg.train.compile and device.type == "cuda":
-        if rank == 0:  # the first steps then take minutes: say why before they start
-            log.info("torch.compile of the network's regions (mode %s): the first steps compile for 2-3 minutes "
-                     "(cached on this node for the next run; train.compile=false skips it)", cfg.train.compile_mode)
-        compile_regions(state.network, mode=cfg.train.compile_mode)
+        unavailable = compile_unavailable_reason()
+        if unavailable:  # same numbers, only slower: run, and say so once
+            if rank == 0:
+                log.warning("train.compile: %s on this node; training runs eagerly (1.3-2.7x slower on an H200, "
+                            "README \"Measured\"). Install it, or set train.compile=false to silence this", unavailable)
+        else:
+            if rank == 0:  # the first steps then take minutes: say why before they start
+                log.info("torch.compile of the network's regions (mode %s): the first steps compile for 2-3 minutes "
+                         "(cached on this node for the next run; train.compile=false skips it)", cfg.train.compile_mode)
+            compile_regions(state.network, mode=cfg.train.compile_mode)
     state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs=ddp_options())
 
     bad = BadDataLog()

@@ -241,3 +241,30 @@ def test_cuda_graph_mode_trains_like_the_default_mode_on_gpu(cfg):
     for first, other, repeat in got_views:  # a later eval forward did not overwrite the clone's source
         torch.testing.assert_close(repeat, first, rtol=1e-3, atol=1e-3)
         assert (other - first).abs().max() > 1e-3  # two different batches render differently
+
+
+def test_a_node_that_cannot_build_triton_kernels_is_named_before_training_starts(monkeypatch, tmp_path):
+    """Triton (inductor's GPU kernels) builds a C launcher per kernel: with no C compiler or no
+    Python headers the compiled step would fail at its first step; the check names what is
+    missing (the training loop then runs eagerly and warns)."""
+    import shutil
+    import sysconfig
+
+    from pipeline.step import compile_unavailable_reason
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if Triton were installed
+    monkeypatch.delenv("CC", raising=False)
+    headers = tmp_path / "include"
+    headers.mkdir()
+    (headers / "Python.h").write_text("")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": str(headers)})
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/gcc" if name == "gcc" else None)
+    assert compile_unavailable_reason() is None
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "C compiler" in compile_unavailable_reason()
+    monkeypatch.setenv("CC", "/opt/cc")
+    assert compile_unavailable_reason() is None
+    (headers / "Python.h").unlink()
+    assert "Python.h" in compile_unavailable_reason()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert compile_unavailable_reason() == "Triton is not installed"
