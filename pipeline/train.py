@@ -283,10 +283,10 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
                     "order is not the one an uninterrupted run would have seen", name, world, progress.world_size)
     if cfg.train.compile and device.type == "cuda":
         unavailable = compile_unavailable_reason()
-        if unavailable:  # same numbers, only slower: run, and say so once
-            if rank == 0:
-                log.warning("train.compile: %s on this node; training runs eagerly (1.3-2.7x slower on an H200, "
-                            "README \"Measured\"). Install it, or set train.compile=false to silence this", unavailable)
+        if unavailable:  # same numbers, only slower: run, and say so (every rank: nodes may differ)
+            log.warning("train.compile: %s on the node of rank %d; it trains eagerly (1.3-2.7x slower on an H200, "
+                        "README \"Measured\"). Install it, or set train.compile=false to silence this",
+                        unavailable, rank)
         else:
             if rank == 0:  # the first steps then take minutes: say why before they start
                 log.info("torch.compile of the network's regions (mode %s): the first steps compile for 2-3 minutes "
