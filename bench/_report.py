@@ -24,7 +24,7 @@ def command_line(module: str, argv: list[str], named: dict[str, str] | None = No
     named = {**(named or {}), "--device-command": ""}
     out, pending = ["python", "-m", module], None
     for arg in argv:
-        option, eq, value = arg.partition("=")
+        option, eq, _ = arg.partition("=")
         if pending is not None:
             out += [named[pending]] if named[pending] else []
             pending = None
