@@ -287,6 +287,8 @@ def _train(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str, run_ur
             log.warning("train.compile: %s on the node of rank %d; it trains eagerly (1.3-2.7x slower on an H200, "
                         "README \"Measured\"). Install it, or set train.compile=false to silence this",
                         unavailable, rank)
+            # what the step reads: no compiled regions, so no CUDA-graph steps to mark
+            state.config = replace(state.config, **{"train.compile": False})
         else:
             if rank == 0:  # the first steps then take minutes: say why before they start
                 log.info("torch.compile of the network's regions (mode %s): the first steps compile for 2-3 minutes "
