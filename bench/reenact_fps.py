@@ -18,7 +18,10 @@ Variants, measured in this order (the JSON is rewritten after each):
   fast             Reenactor, bf16 + channels-last + CUDA graphs (FLAME/camera and StyleUNet), the
                    source as unit quaternions + scales
   fast_compiled    fast + torch.compile of the StyleUNet (inductor's default mode)
+  fast_compiled_autocast_weights  fast_compiled without bf16_weights (autocast casts every frame)
   *_pipelined      the same graphs, the StyleUNet of frame k on a second stream during frame k+1
+  *_pipelined_<n>streams  the compiled variants' StyleUNets on n streams in turn (--renderer-streams;
+                   the largest n is the one profiled with --profile-frames)
   streams_<B>      fast_compiled (pipelined) with B sources, each driven by its own driver, in
                    one batch of B frames per call: total frames per second of all streams
   fast_compiled_<mode> for each other inductor mode in --compile-modes (e.g. the autotuned one)
@@ -178,6 +181,9 @@ def bench(args: argparse.Namespace, info: dict) -> dict:
         variants.append(("fast", ReenactOptions.fast(), 1))
         if args.compile:
             variants.append(("fast_compiled", ReenactOptions.fast(compile=True), 1))
+            if args.autocast_weights:  # what casting the weights once buys
+                variants.append(("fast_compiled_autocast_weights",
+                                 dataclasses.replace(ReenactOptions.fast(compile=True), bf16_weights=False), 1))
             if streams > 1:
                 variants.append((f"streams_{streams}", ReenactOptions.fast(compile=True), streams))
             for mode in filter(None, args.compile_modes.split(",")):
@@ -204,9 +210,9 @@ def bench(args: argparse.Namespace, info: dict) -> dict:
         pipelined = cell.pop("_pipelined", None)
         result["variants"][name] = cell
         print(name, json.dumps(cell), flush=True)
-        if pipelined:
-            result["variants"][f"{name}_pipelined"] = pipelined
-            print(f"{name}_pipelined", json.dumps(pipelined), flush=True)
+        for suffix, sub in (pipelined or {}).items():
+            result["variants"][f"{name}_{suffix}"] = sub
+            print(f"{name}_{suffix}", json.dumps(sub), flush=True)
         save()
     summary = summarize(result)
     if summary:
@@ -244,13 +250,17 @@ def measure_variant(model, flame, options, batch: int, source, shape, source_T, 
     cell["_refined"] = refined
     if batch == 1:
         cell["_stages"] = stage_split(reenactor, frames, device, args.recon_reps)
-    if options.cuda_graphs:  # the same graphs, renderer on a second stream (throughput)
-        reenactor.options = dataclasses.replace(options, pipelined=True)
-        cell["_pipelined"] = {"options": dataclasses.asdict(reenactor.options),
-                              **timed_frames(reenactor, frames, args.warmup, args.windows, device, batch=batch,
-                                             finish=reenactor.synchronize)}
-        if args.profile_frames and options.compile and batch == 1 and device.type == "cuda":
-            cell["_pipelined"]["profile"] = profile_frames(reenactor, frames, args.profile_frames)
+    if options.cuda_graphs:  # the same graphs, renderer on other streams (throughput)
+        cell["_pipelined"] = {}
+        counts = sorted({1, *(args.renderer_streams if options.compile and batch == 1 else ())})
+        for n in counts:
+            reenactor.options = dataclasses.replace(options, pipelined=True, renderer_streams=n)
+            sub = {"options": dataclasses.asdict(reenactor.options),
+                   **timed_frames(reenactor, frames, args.warmup, args.windows, device, batch=batch,
+                                  finish=reenactor.synchronize)}
+            if n == counts[-1] and args.profile_frames and options.compile and batch == 1 and device.type == "cuda":
+                sub["profile"] = profile_frames(reenactor, frames, args.profile_frames)
+            cell["_pipelined"]["pipelined" if n == 1 else f"pipelined_{n}streams"] = sub
     return cell
 
 
@@ -286,7 +296,7 @@ def summarize(result: dict) -> dict | None:
     if not fast:
         return None
     best = max(fast, key=lambda k: fast[k]["fps"])
-    base_name = best.removesuffix("_pipelined")
+    base_name = best.split("_pipelined")[0]
     baseline = max(("model_fp32", "eager_fp32"), key=lambda k: v[k].get("fps", 0))
     base = v[baseline]["fps"]
     recon = min(c["set_source_ms"] for c in fast.values() if "set_source_ms" in c)
@@ -336,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     p.add_argument("--compile-modes", default="default",
                    help="inductor modes for the compiled variant, comma-separated (e.g. default,max-autotune-no-cudagraphs)")
+    p.add_argument("--no-autocast-weights", dest="autocast_weights", action="store_false",
+                   help="skip the compiled variant whose float32 weights autocast casts on every frame")
+    p.add_argument("--renderer-streams", type=lambda s: [int(x) for x in s.split(",") if x], default=[2, 3],
+                   help="also measure the compiled pipelined variants with these numbers of renderer streams")
     p.add_argument("--profile-frames", type=int, default=0,
                    help="profile this many pipelined frames of the compiled variant (GPU timeline, top kernels)")
     p.add_argument("--max-seconds", type=float, default=420.0, help="skip variants that would start past this")

@@ -25,8 +25,10 @@ Optimised mode (:meth:`ReenactOptions.fast`, CUDA, static shapes):
   that reproduce the precomputed covariances exactly (``splat_quats``: one eigendecomposition per
   source); gsplat sizes its tile-intersection buffers from a device count, which is a host sync
   inside gsplat — the only one per frame;
-- the StyleUNet (78% of the released frame time, docs/released_model.md, Where the released code spends its time) runs in bf16 autocast, channels-last,
-  optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer.
+- the StyleUNet (78% of the released frame time, docs/released_model.md, Where the released code
+  spends its time) runs in bf16 from a copy with bf16 NHWC weights (:func:`inference_renderer`),
+  optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer;
+  pipelined, on several streams in turn (consecutive frames' renderers overlap).
 The graphs are captured for the batch size and source assignment of the first call and
 recaptured when those change. Outputs of the optimised mode are views of static buffers,
 overwritten by the next frame: clone what you keep. Nothing per frame calls ``.item()`` or moves
@@ -36,6 +38,7 @@ data to the host.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +53,7 @@ from .gagavatar import AvatarOutput, GAGAvatar
 from .gaussian_heads import GaussianAttributes
 from .geometry import axis_angle_to_matrix, intrinsics
 from .rasterizer import quat_scale_from_covariance, render_gaussians
+from .style_unet import ConstantInput, ModulatedConv2d, StyleConv
 
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
@@ -65,10 +69,20 @@ class ReenactOptions:
     # inductor mode. "max-autotune-no-cudagraphs" tunes the StyleUNet's kernels: 319 vs 295 FPS
     # pipelined on an H100, but ~8 min of warm-up instead of ~1 (bench/results/reenact_fps_h100.json)
     compile_mode: str = "default"
-    # CUDA graphs only: the neural renderer of frame k runs on a second stream while frame k+1 is
+    # CUDA graphs only: the neural renderer of frame k runs on another stream while frame k+1 is
     # splatted (gsplat's host sync then waits for the splatting alone). Throughput, not latency;
-    # a frame's output is ready only after the next call or synchronize().
+    # a frame's output is ready only after synchronize().
     pipelined: bool = False
+    # pipelined only: renderer graphs on this many streams, frame k on stream k mod n, so the
+    # small low-resolution kernels of consecutive frames' StyleUNets share the GPU (H200: 344 FPS
+    # on 1, 390 on 2, 402 on 3, no more on 4–8). A frame's output lives until n frames later.
+    renderer_streams: int = 1
+    # bf16 only: the neural renderer runs on a copy whose weights are cast to bf16 once (and whose
+    # demodulation sums Σw² are computed once, from the float32 weights), instead of autocast
+    # casting them on every frame; the same numbers (tests/test_reenact.py), the model untouched.
+    # (Not inductor's freezing, which does the same inside torch.compile: its constants outlive a
+    # change of weights, because a later torch.compile of the same module reuses the cached code.)
+    bf16_weights: bool = False
     # draw the cached Gaussians from unit quaternions + scales (the raw-quaternion covariances
     # re-expressed once per source by eigendecomposition) instead of passing covariances every
     # frame: the rasterizer builds Σ inside its projection kernel (for gsplat, also no per-frame
@@ -77,17 +91,20 @@ class ReenactOptions:
     backend: str | None = None  # rasterizer backend; None: the model's config ("auto": gsplat on CUDA)
 
     def __post_init__(self) -> None:
+        if self.renderer_streams < 1:
+            raise ValueError(f"ReenactOptions.renderer_streams must be ≥ 1, got {self.renderer_streams}")
         if self.compile_mode in CUDA_GRAPH_COMPILE_MODES:
             raise ValueError(f"ReenactOptions.compile_mode={self.compile_mode!r} makes inductor capture its own CUDA "
                              "graphs, which the Reenactor already captures (cuda_graphs); use 'default' or "
                              "'max-autotune-no-cudagraphs'")
 
     @classmethod
-    def fast(cls, compile: bool = False, pipelined: bool = False, compile_mode: str = "default") -> ReenactOptions:
-        """The real-time path: bf16, channels-last, CUDA graphs (+ torch.compile, + two-stream
-        pipelining when asked)."""
+    def fast(cls, compile: bool = False, pipelined: bool = False, compile_mode: str = "default",
+             renderer_streams: int = 3) -> ReenactOptions:
+        """The real-time path: bf16 (weights cast once), channels-last, CUDA graphs (+ torch.compile,
+        + pipelining on ``renderer_streams`` streams when asked)."""
         return cls(precision="bf16", channels_last=True, cuda_graphs=True, compile=compile, pipelined=pipelined,
-                   splat_quats=True, compile_mode=compile_mode)
+                   splat_quats=True, compile_mode=compile_mode, renderer_streams=renderer_streams, bf16_weights=True)
 
 
 def _channels_last_(module: nn.Module) -> None:
@@ -99,6 +116,40 @@ def _channels_last_(module: nn.Module) -> None:
             p.data = p.data.contiguous(memory_format=torch.channels_last)
         elif p.dim() == 5 and p.shape[0] == 1:
             p.data = p.data[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
+
+
+@torch.no_grad()
+def _bf16_weights_(renderer: nn.Module) -> None:
+    """In place: the parameters that bf16 autocast would cast on every call (conv and linear
+    weights and biases, the modulated convs' weights, the constant input, the style convs' biases,
+    which are cast before use) become bf16; the demodulation sums are taken from the float32
+    weights first. What stays float32 is what is used in float32: noise strengths and maps, the
+    ToRGB biases (added to a float32 skip)."""
+    for m in renderer.modules():
+        if isinstance(m, ModulatedConv2d):
+            m.weight_sq_sum = m.weight[0].float().square().sum((2, 3))
+            m.weight.data = m.weight.data.bfloat16()
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    p.data = p.data.bfloat16()
+        elif isinstance(m, ConstantInput):
+            m.weight.data = m.weight.data.bfloat16()
+        if isinstance(m, StyleConv):
+            m.bias.data = m.bias.data.bfloat16()
+
+
+def inference_renderer(renderer: nn.Module, options: ReenactOptions) -> nn.Module:
+    """The StyleUNet as the per-frame path runs it: the module itself, or a copy with NHWC weights
+    and/or bf16 weights (the model is not changed)."""
+    if not (options.channels_last or (options.bf16_weights and options.precision == "bf16")):
+        return renderer
+    renderer = copy.deepcopy(renderer).eval().requires_grad_(False)
+    if options.channels_last:
+        _channels_last_(renderer)
+    if options.bf16_weights and options.precision == "bf16":
+        _bf16_weights_(renderer)
+    return renderer
 
 
 def _autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -203,8 +254,9 @@ class _Graph:
 
 class Reenactor:
     """Source avatars, many driving frames. ``model`` and ``flame`` must be on the same device;
-    both are put in eval mode (and, with ``channels_last``, the StyleUNet's weights are converted
-    in place)."""
+    both are put in eval mode. With ``channels_last`` or ``bf16_weights`` the StyleUNet runs from
+    a converted copy (:func:`inference_renderer`): weights loaded into the model afterwards need a
+    new Reenactor."""
 
     def __init__(self, model: GAGAvatar, flame: FlameModel, options: ReenactOptions | None = None) -> None:
         self.options = options or ReenactOptions()
@@ -225,21 +277,21 @@ class Reenactor:
         self.Ks = intrinsics(model.camera.focal, self.size, self.size, (1,), device=self.device)
         self._flip = torch.tensor([-1.0, -1.0, 1.0], device=self.device)  # PyTorch3D → OpenCV x/y
         self._bottom = torch.tensor([[[0.0, 0.0, 0.0, 1.0]]], device=self.device)
-        self.renderer: nn.Module | None = model.upsampler
-        if self.renderer is not None and opts.channels_last:
-            _channels_last_(self.renderer)
+        self.renderer = None if model.upsampler is None else inference_renderer(model.upsampler, opts)
         self._renderer_fn = self.renderer
         if self.renderer is not None and opts.compile:
             self._renderer_fn = torch.compile(self.renderer, mode=opts.compile_mode, dynamic=False)
         self._cache: dict[str, torch.Tensor] | None = None  # per source [S, ...]
         self._slots: dict[str, Any] | None = None  # per frame of a batch [B, ...], gathered from _cache
         self._frame_graph: _Graph | None = None
-        self._renderer_graph: _Graph | None = None
+        self._renderer_graphs: list[_Graph] = []  # one per renderer stream, each on its own input buffer
+        self._features_in: list[torch.Tensor] = []
         self._recon_graph: _Graph | None = None
         self._recon_failed = False
         self._eager_stages: set[str] = set()  # stages whose graph capture failed
-        self._render_stream: torch.cuda.Stream | None = None  # pipelined mode
-        self._render_done: torch.cuda.Event | None = None
+        self._render_streams: list[torch.cuda.Stream] = []  # pipelined mode
+        self._render_done: list[torch.cuda.Event] = []
+        self._frame_count = 0  # pipelined: frame k goes to renderer stream k mod renderer_streams
         self.notes: list[str] = []  # fallbacks taken (e.g. a graph that could not be captured)
 
     def _resolve_backend(self, name: str, channels: int) -> str:
@@ -306,7 +358,8 @@ class Reenactor:
 
     def _drop_slots(self) -> None:
         """Forget the per-frame buffers and the graphs that read them (recaptured on next use)."""
-        self._slots, self._frame_graph, self._renderer_graph = None, None, None
+        self._slots, self._frame_graph = None, None
+        self._renderer_graphs, self._features_in = [], []
 
     def _slots_for(self, batch: int, sources: tuple[int, ...] | None) -> dict[str, Any]:
         """Per-frame Gaussians for a batch whose frame i comes from source ``sources[i]``
@@ -469,46 +522,65 @@ class Reenactor:
         elif "renderer" in self._eager_stages:
             refined = self._refine(features)
         else:
-            if self._renderer_graph is None:
-                fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
-                dtype = torch.bfloat16 if self.options.precision == "bf16" else torch.float32
-                self._features_in = torch.empty_like(features, dtype=dtype, memory_format=fmt)
-                self._features_in.copy_(features)
-                static = self._features_in
-
-                def refine() -> torch.Tensor:
-                    with _autocast(self.device, self.options.precision, cache=False):
-                        return self._renderer_fn(static).float()
-
-                self._renderer_graph = self._capture("neural renderer", refine)
-                if self._renderer_graph is None:
+            wanted = self.options.renderer_streams if self.options.pipelined else 1
+            while len(self._renderer_graphs) < wanted:  # one more graph, on its own input buffer
+                if not self._capture_renderer(features):
                     self._eager_stages.add("renderer")
                     return self._graphed(expression, pose, eyes, transform, sources)
             refined = self._replay_renderer(features)
         return AvatarOutput(coarse=features[:, :3], refined=refined, features=features, alpha=out.alpha,
                             lifted_points=slots["lifted_points"], depth=out.depth)
 
+    @property
+    def _renderer_graph(self) -> _Graph | None:
+        """The first renderer graph (the only one unless pipelined on several streams)."""
+        return self._renderer_graphs[0] if self._renderer_graphs else None
+
+    def _capture_renderer(self, features: torch.Tensor) -> bool:
+        """Capture one more renderer graph reading a new static input buffer; False if capture failed."""
+        fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        dtype = torch.bfloat16 if self.options.precision == "bf16" else torch.float32
+        static = torch.empty_like(features, dtype=dtype, memory_format=fmt)
+        static.copy_(features)
+
+        def refine() -> torch.Tensor:
+            with _autocast(self.device, self.options.precision, cache=False):
+                return self._renderer_fn(static).float()
+
+        graph = self._capture("neural renderer", refine)
+        if graph is None:
+            return False
+        self._renderer_graphs.append(graph)
+        self._features_in.append(static)
+        return True
+
     def _replay_renderer(self, features: torch.Tensor) -> torch.Tensor:
         if not self.options.pipelined:
-            self._features_in.copy_(features)  # one kernel: float32 NCHW → bf16 NHWC
-            return self._renderer_graph.replay()
-        if self._render_stream is None:
-            self._render_stream, self._render_done = torch.cuda.Stream(), torch.cuda.Event()
-            self._render_done.record()
+            self._features_in[0].copy_(features)  # one kernel: float32 NCHW → bf16 NHWC
+            return self._renderer_graphs[0].replay()
+        n = self.options.renderer_streams
+        while len(self._render_streams) < n:
+            self._render_streams.append(torch.cuda.Stream())
+            self._render_done.append(torch.cuda.Event())
+            self._render_done[-1].record()
+        k = self._frame_count % n
+        self._frame_count += 1
+        stream, done = self._render_streams[k], self._render_done[k]
         current = torch.cuda.current_stream()
-        current.wait_event(self._render_done)  # the previous frame's renderer has read its input
-        self._features_in.copy_(features)
-        self._render_stream.wait_stream(current)
-        with torch.cuda.stream(self._render_stream):
-            refined = self._renderer_graph.replay()
-            self._render_done.record()
+        current.wait_event(done)  # the renderer of frame −n has read this input buffer
+        self._features_in[k].copy_(features)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            refined = self._renderer_graphs[k].replay()
+            done.record()
         return refined
 
     def synchronize(self) -> None:
-        """Make the current stream wait for the pipelined renderer (no host sync): after this,
-        the last frame's ``refined`` may be read on the current stream."""
-        if self._render_stream is not None:
-            torch.cuda.current_stream().wait_stream(self._render_stream)
+        """Make the current stream wait for the pipelined renderers (no host sync): after this,
+        the last frames' ``refined`` may be read on the current stream."""
+        current = torch.cuda.current_stream() if self._render_streams else None
+        for stream in self._render_streams:
+            current.wait_stream(stream)
 
     # ------------------------------------------------------------------ helpers
 

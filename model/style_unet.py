@@ -89,6 +89,9 @@ class ModulatedConv2d(nn.Module):
         self.modulation = nn.Linear(style_dim, in_ch)
         _kaiming(self.modulation, bias_fill=1.0, a=0, mode="fan_in", nonlinearity="linear")
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel) / math.sqrt(in_ch * kernel**2))
+        # Σ_k w² [out,in] in float32, set for inference when the weight is stored in bf16
+        # (model.reenactment); None: computed from the weight on every call
+        self.register_buffer("weight_sq_sum", None, persistent=False)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         B, C = x.shape[:2]
@@ -101,7 +104,8 @@ class ModulatedConv2d(nn.Module):
             # Σ_{in,k} (w·s)² = s² · Σ_k w²  → [B,out], in ≥ fp32 even under autocast
             dtype = torch.promote_types(scale.dtype, torch.float32)
             with torch.autocast(device_type=x.device.type, enabled=False):
-                demod = torch.rsqrt(scale.to(dtype).square() @ weight.to(dtype).square().sum((2, 3)).T + 1e-8)
+                sq = self.weight_sq_sum if self.weight_sq_sum is not None else weight.to(dtype).square().sum((2, 3))
+                demod = torch.rsqrt(scale.to(dtype).square() @ sq.to(dtype).T + 1e-8)
             out = out * demod.view(B, self.out_ch, 1, 1).to(out.dtype)
         return out
 

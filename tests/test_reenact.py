@@ -186,6 +186,27 @@ def test_compile_modes_that_capture_their_own_graphs_are_refused(mode):
     ReenactOptions.fast(compile=True, compile_mode="max-autotune-no-cudagraphs")  # the tuned mode is accepted
 
 
+def test_renderer_with_bf16_weights_cast_once_renders_what_autocast_renders(smoke):
+    """The fast path's StyleUNet copy (weights stored in bf16, Σw² from the float32 weights) gives
+    what bf16 autocast of the float32 model gives; the model itself is not changed."""
+    from model.reenactment import inference_renderer
+    from model.style_unet import ModulatedConv2d
+
+    cfg, model, _ = smoke
+    renderer = model.upsampler
+    before = {k: v.clone() for k, v in renderer.state_dict().items()}
+    copy = inference_renderer(renderer, ReenactOptions(precision="bf16", bf16_weights=True))
+    assert copy is not renderer and renderer.conv_body_first.weight.dtype == torch.float32
+    assert copy.conv_body_first.weight.dtype == torch.bfloat16
+    assert all(m.weight_sq_sum is not None for m in copy.modules() if isinstance(m, ModulatedConv2d))
+    x = torch.rand(2, renderer.conv_body_first.in_channels, cfg.camera.image_size, cfg.camera.image_size)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = renderer(x).float(), copy(x).float()
+    assert torch.equal(got, want), (got - want).abs().max()  # autocast casts the same weights the same way
+    assert all(torch.equal(v, renderer.state_dict()[k]) for k, v in before.items())
+    assert inference_renderer(renderer, ReenactOptions(bf16_weights=True)) is renderer  # fp32: nothing to cast
+
+
 @pytest.mark.parametrize("graphed", [False, True])
 def test_several_streams_in_one_batch_give_each_stream_its_single_source_frames(smoke, monkeypatch, graphed):
     """S sources, B frames per call, frame i from source ``sources[i]``: each frame equals the

@@ -1,6 +1,7 @@
 """GPU tests of the real-time reenactment path (skipped without CUDA): the eager Reenactor equals
 the model's forward with gsplat, and the optimised path (bf16, channels-last, CUDA graphs) equals
-eager fp32 within bf16 tolerance, frame after frame and after a change of source."""
+eager fp32 within bf16 tolerance, frame after frame and after a change of source, and pipelined on
+one or several renderer streams gives the same frames."""
 
 from __future__ import annotations
 
@@ -94,8 +95,18 @@ def test_fast_path_matches_eager_fp32_within_bf16(paper):
     assert not fast.notes, fast.notes  # every stage ran as a CUDA graph
 
     # two-stream pipelining: the same frames once the renderer stream is waited for
-    fast.options = dataclasses.replace(fast.options, pipelined=True)
+    fast.options = dataclasses.replace(fast.options, pipelined=True, renderer_streams=1)
     for i in range(2):
         out = fast(expression[i:i + 1], pose[i:i + 1], eyes[i:i + 1], T[i:i + 1])
         fast.synchronize()
         assert torch.equal(out.refined, refined[i])
+
+    # renderers on three streams in turn: three frames in flight, each in its own output buffer
+    fast.options = dataclasses.replace(fast.options, renderer_streams=3)
+    for _ in range(2):
+        outs = [fast(expression[i % 2:i % 2 + 1], pose[i % 2:i % 2 + 1], eyes[i % 2:i % 2 + 1],
+                     T[i % 2:i % 2 + 1]).refined for i in range(3)]
+        fast.synchronize()
+        for i in range(3):
+            assert torch.equal(outs[i], refined[i % 2])
+    assert len(fast._renderer_graphs) == 3 and not fast.notes
