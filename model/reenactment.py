@@ -357,7 +357,9 @@ class Reenactor:
     SLOT_KEYS = ("quats", "scales", "covariances", "opacities", "colors", "lifted_points")
 
     def _drop_slots(self) -> None:
-        """Forget the per-frame buffers and the graphs that read them (recaptured on next use)."""
+        """Forget the per-frame buffers and the graphs that read them (recaptured on next use);
+        the current stream first waits for renderers still replaying them (their memory is freed)."""
+        self.synchronize()
         self._slots, self._frame_graph = None, None
         self._renderer_graphs, self._features_in = [], []
 
