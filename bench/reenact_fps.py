@@ -19,7 +19,7 @@ Variants, measured in this order (the JSON is rewritten after each):
                    source as unit quaternions + scales
   fast_compiled    fast + torch.compile of the StyleUNet (inductor's default mode)
   fast_compiled_autocast_weights  fast_compiled without bf16_weights (autocast casts every frame)
-  *_pipelined      the same graphs, the StyleUNet of frame k on a second stream during frame k+1
+  *_pipelined      the same graphs, the StyleUNet of frame k on another stream during frame k+1
   *_pipelined_<n>streams  the compiled variants' StyleUNets on n streams in turn (--renderer-streams;
                    the largest n is the one profiled with --profile-frames)
   streams_<B>      fast_compiled (pipelined) with B sources, each driven by its own driver, in
