@@ -141,10 +141,11 @@ def _bf16_weights_(renderer: nn.Module) -> None:
 
 def inference_renderer(renderer: nn.Module, options: ReenactOptions) -> nn.Module:
     """The StyleUNet as the per-frame path runs it: the module itself, or a copy with NHWC weights
-    and/or bf16 weights (the model is not changed)."""
+    and/or bf16 weights, its style modulations fused into one matmul (the model is not changed)."""
     if not (options.channels_last or (options.bf16_weights and options.precision == "bf16")):
         return renderer
     renderer = copy.deepcopy(renderer).eval().requires_grad_(False)
+    renderer.stylegan_decoder.fuse_modulations()  # one matmul for every layer's style modulation
     if options.channels_last:
         _channels_last_(renderer)
     if options.bf16_weights and options.precision == "bf16":

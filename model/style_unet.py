@@ -93,9 +93,10 @@ class ModulatedConv2d(nn.Module):
         # (model.reenactment); None: computed from the weight on every call
         self.register_buffer("weight_sq_sum", None, persistent=False)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale``: ``modulation(style)`` when already computed (the decoder's fused modulation)."""
         B, C = x.shape[:2]
-        scale = self.modulation(style)  # [B,in]
+        scale = self.modulation(style) if scale is None else scale  # [B,in]
         weight = self.weight[0]  # [out,in,k,k]
         if self.upsample:
             x = upsample2x(x)
@@ -121,10 +122,11 @@ class StyleConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))  # noise strength
         self.bias = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | bool,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
         """``noise``: a [1 or B,1,H,W] map (the stored noise), True (fresh N(0,1) per call) or
         False (none)."""
-        out = self.modulated_conv(x, style) * math.sqrt(2.0)
+        out = self.modulated_conv(x, style, scale) * math.sqrt(2.0)
         if noise is True:
             noise = torch.randn_like(out[:, :1])
         if noise is not False:
@@ -143,8 +145,9 @@ class ToRGB(nn.Module):
         self.modulated_conv = ModulatedConv2d(in_ch, out_ch, 1, style_dim, demodulate=False, upsample=False)
         self.bias = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        out = self.modulated_conv(x, style) + self.bias
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.modulated_conv(x, style, scale) + self.bias
         if skip is not None:
             out = out + upsample2x(skip)
         return out
@@ -172,8 +175,9 @@ class ConstantInput(nn.Module):
 class ToRGBNoSkip(ToRGB):
     """The first ToRGB (4×4): same parameters, no skip input."""
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(x, style, None)
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, style, None, scale)
 
 
 class StyleGAN2GeneratorCSFT(nn.Module):
@@ -207,6 +211,29 @@ class StyleGAN2GeneratorCSFT(nn.Module):
             self.style_convs.append(StyleConv(ch, ch, style_dim, upsample=False))
             self.to_rgbs.append(ToRGB(ch, out_ch, style_dim))
             in_ch = ch
+        # inference only (fuse_modulations): every layer's style modulation as one matmul
+        self.fused_modulation: nn.Linear | None = None
+        self.modulation_sizes: list[int] = []
+
+    def modulated_convs(self) -> list[ModulatedConv2d]:
+        """Every modulated conv in the order forward() applies them."""
+        layers: list[nn.Module] = [self.style_conv1, self.to_rgb1]
+        for level, to_rgb in enumerate(self.to_rgbs):
+            layers += [self.style_convs[2 * level], self.style_convs[2 * level + 1], to_rgb]
+        return [m.modulated_conv for m in layers]
+
+    @torch.no_grad()
+    def fuse_modulations(self) -> None:
+        """For inference: the layers' modulation Linears (26 at 512²) stacked into one, so a frame
+        computes every layer's scale in one matmul instead of 26 small ones. The per-layer
+        Linears stay (unused while fused)."""
+        linears = [m.modulation for m in self.modulated_convs()]
+        weight = torch.cat([lin.weight for lin in linears])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(torch.cat([lin.bias for lin in linears]))
+        self.fused_modulation = fused.requires_grad_(False)
+        self.modulation_sizes = [lin.out_features for lin in linears]
 
     def layer_noise(self, noise: bool | str) -> list[torch.Tensor | bool]:
         """Per style-conv layer (style_conv1, then style_convs in order): the stored map
@@ -221,14 +248,18 @@ class StyleGAN2GeneratorCSFT(nn.Module):
         (random), False (none) or "stored" → [B,out,size,size]."""
         noises = self.layer_noise(noise)
         w = self.style_mlp(style)
-        out = self.style_conv1(self.constant_input(w.shape[0]).to(w.dtype), w, noises[0])
-        skip = self.to_rgb1(out, w)
+        # per modulated conv, in modulated_convs() order: its scale, or None (its own Linear computes it)
+        mods = (list(self.fused_modulation(w).split(self.modulation_sizes, dim=1)) if self.fused_modulation is not None
+                else [None] * (2 + 3 * len(self.to_rgbs)))
+        out = self.style_conv1(self.constant_input(w.shape[0]).to(w.dtype), w, noises[0], mods[0])
+        skip = self.to_rgb1(out, w, scale=mods[1])
         for level, to_rgb in enumerate(self.to_rgbs):
-            out = self.style_convs[2 * level](out, w, noises[2 * level + 1])
+            m = mods[2 + 3 * level:5 + 3 * level]
+            out = self.style_convs[2 * level](out, w, noises[2 * level + 1], m[0])
             scale, shift = conditions[level]
             out = out * scale + shift
-            out = self.style_convs[2 * level + 1](out, w, noises[2 * level + 2])
-            skip = to_rgb(out, w, skip)
+            out = self.style_convs[2 * level + 1](out, w, noises[2 * level + 2], m[1])
+            skip = to_rgb(out, w, skip, m[2])
         return skip
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -187,24 +188,41 @@ def test_compile_modes_that_capture_their_own_graphs_are_refused(mode):
 
 
 def test_renderer_with_bf16_weights_cast_once_renders_what_autocast_renders(smoke):
-    """The fast path's StyleUNet copy (weights stored in bf16, Σw² from the float32 weights) gives
-    what bf16 autocast of the float32 model gives; the model itself is not changed."""
+    """The fast path's StyleUNet copy (weights stored in bf16, Σw² from the float32 weights, the
+    style modulations fused into one matmul) gives what bf16 autocast of the float32 model gives;
+    the model itself is not changed."""
     from model.reenactment import inference_renderer
     from model.style_unet import ModulatedConv2d
 
     cfg, model, _ = smoke
     renderer = model.upsampler
     before = {k: v.clone() for k, v in renderer.state_dict().items()}
-    copy = inference_renderer(renderer, ReenactOptions(precision="bf16", bf16_weights=True))
-    assert copy is not renderer and renderer.conv_body_first.weight.dtype == torch.float32
-    assert copy.conv_body_first.weight.dtype == torch.bfloat16
-    assert all(m.weight_sq_sum is not None for m in copy.modules() if isinstance(m, ModulatedConv2d))
+    converted = inference_renderer(renderer, ReenactOptions(precision="bf16", bf16_weights=True))
+    assert converted is not renderer and renderer.conv_body_first.weight.dtype == torch.float32
+    assert converted.conv_body_first.weight.dtype == torch.bfloat16
+    assert all(m.weight_sq_sum is not None for m in converted.modules() if isinstance(m, ModulatedConv2d))
+    assert converted.stylegan_decoder.fused_modulation is not None and renderer.stylegan_decoder.fused_modulation is None
     x = torch.rand(2, renderer.conv_body_first.in_channels, cfg.camera.image_size, cfg.camera.image_size)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        want, got = renderer(x).float(), copy(x).float()
+        want, got = renderer(x).float(), converted(x).float()
     assert torch.equal(got, want), (got - want).abs().max()  # autocast casts the same weights the same way
     assert all(torch.equal(v, renderer.state_dict()[k]) for k, v in before.items())
     assert inference_renderer(renderer, ReenactOptions(bf16_weights=True)) is renderer  # fp32: nothing to cast
+
+
+def test_fused_modulation_computes_what_the_separate_layers_compute(smoke):
+    """float32: the decoder's one stacked style modulation gives the separate layers' output to
+    rounding (the separate layers are what training runs), and it is what the fused path uses."""
+    cfg, model, _ = smoke
+    fused = copy.deepcopy(model.upsampler)
+    fused.stylegan_decoder.fuse_modulations()
+    x = torch.rand(2, fused.conv_body_first.in_channels, cfg.camera.image_size, cfg.camera.image_size)
+    with torch.no_grad():
+        want, got = model.upsampler(x), fused(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        fused.stylegan_decoder.fused_modulation.bias.add_(0.5)  # the stacked layer is the one used
+        assert (fused(x) - got).abs().max() > 1e-3
+        assert torch.equal(model.upsampler(x), want)
 
 
 @pytest.mark.parametrize("graphed", [False, True])
