@@ -21,7 +21,8 @@ Variants, measured in this order (the JSON is rewritten after each):
   fast_compiled_autocast_weights  fast_compiled without bf16_weights (autocast casts every frame)
   *_pipelined      the same graphs, the StyleUNet of frame k on another stream during frame k+1
   *_pipelined_<n>streams  the compiled variants' StyleUNets on n streams in turn (--renderer-streams;
-                   the largest n is the one profiled with --profile-frames)
+                   the largest n is the one profiled with --profile-frames, and its two halves
+                   — splatting, renderer graphs — timed alone: ``halves``)
   streams_<B>      fast_compiled (pipelined) with B sources, each driven by its own driver, in
                    one batch of B frames per call: total frames per second of all streams
   fast_compiled_<mode> for each other inductor mode in --compile-modes (e.g. the autotuned one)
@@ -260,8 +261,47 @@ def measure_variant(model, flame, options, batch: int, source, shape, source_T, 
                                   finish=reenactor.synchronize)}
             if n == counts[-1] and args.profile_frames and options.compile and batch == 1 and device.type == "cuda":
                 sub["profile"] = profile_frames(reenactor, frames, args.profile_frames)
+                try:  # one more explanation of the frame time; its failure must not cost the cell
+                    sub["halves"] = halves_throughput(reenactor, frames, args.frames, args.windows, device)
+                except Exception as exc:
+                    sub["halves"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             cell["_pipelined"]["pipelined" if n == 1 else f"pipelined_{n}streams"] = sub
     return cell
+
+
+@torch.no_grad()
+def halves_throughput(reenactor, frames: dict[str, torch.Tensor], calls: int, windows: int,
+                      device: torch.device) -> dict:
+    """Frames per second of each half of a pipelined frame alone, ``calls`` back to back per
+    window: the splatting (gsplat on one frame's FLAME vertices) and the renderer graphs (on
+    their streams in turn, one frame's features); and the FPS if the halves did not overlap at all
+    (1 / the sum of their frame times): when the pipelined FPS is that, each half fills the GPU."""
+    one = {k: v[:1] for k, v in frames.items()}
+    slots = reenactor._slots_for(1, None)
+    verts = reenactor.vertices(one["expression"], one["pose"], one["eyes"]).float()
+    means = torch.cat([verts, slots["lifted_points"]], dim=1)
+    features = reenactor._splat(means, one["transform"], slots).image.clone()
+
+    def window_fps(fn, finish=lambda: None) -> list[float]:
+        for _ in range(10):
+            fn()
+        finish()
+        _sync(device)
+        out = []
+        for _ in range(windows):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            finish()
+            _sync(device)
+            out.append(calls / (time.perf_counter() - t0))
+        return out
+
+    splat = window_fps(lambda: reenactor._splat(means, one["transform"], slots))
+    renderer = window_fps(lambda: reenactor._replay_renderer(features), reenactor.synchronize)
+    a, b = statistics.median(splat), statistics.median(renderer)
+    return {"splatting_fps": spread(splat, 1), "renderer_fps": spread(renderer, 1),
+            "fps_if_not_overlapped": round(1.0 / (1.0 / a + 1.0 / b), 1)}
 
 
 def profile_frames(reenactor, frames: dict[str, torch.Tensor], n: int) -> dict:
