@@ -26,7 +26,8 @@ Optimised mode (:meth:`ReenactOptions.fast`, CUDA, static shapes):
   source); gsplat sizes its tile-intersection buffers from a device count, which is a host sync
   inside gsplat — the only one per frame;
 - the StyleUNet (78% of the released frame time, docs/released_model.md, Where the released code
-  spends its time) runs in bf16 from a copy with bf16 NHWC weights (:func:`inference_renderer`),
+  spends its time) runs in bf16 from a copy with bf16 NHWC weights and its 26 style modulations
+  stacked into one matmul (:func:`inference_renderer`),
   optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer;
   pipelined, on several streams in turn (consecutive frames' renderers overlap).
 The graphs are captured for the batch size and source assignment of the first call and
@@ -74,8 +75,8 @@ class ReenactOptions:
     # a frame's output is ready only after synchronize().
     pipelined: bool = False
     # pipelined only: renderer graphs on this many streams, frame k on stream k mod n, so the
-    # small low-resolution kernels of consecutive frames' StyleUNets share the GPU (H200: 344 FPS
-    # on 1, 390 on 2, 402 on 3, no more on 4–8). A frame's output lives until n frames later.
+    # small low-resolution kernels of consecutive frames' StyleUNets share the GPU (H200: 357 FPS
+    # on 1, 399 on 2, 406 on 3, no more on 4–8). A frame's output lives until n frames later.
     renderer_streams: int = 1
     # bf16 only: the neural renderer runs on a copy whose weights are cast to bf16 once (and whose
     # demodulation sums Σw² are computed once, from the float32 weights), instead of autocast
