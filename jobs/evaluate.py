@@ -43,12 +43,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging()
 
     from pipeline.checkpoint import CheckpointError
-    from pipeline.eval.run import run_evaluation
+    from pipeline.eval.run import require_eval_tools, run_evaluation
     from pipeline.ray_cluster import ensure_ray
     from pipeline.storage import StorageError
     from preprocessing.face_tools import FaceToolsMissing
 
     try:
+        require_eval_tools()  # before Ray starts: a missing extra is one line at once
         ensure_ray()
         report = run_evaluation(cfg)
     except (CheckpointError, FileNotFoundError, StorageError, FaceToolsMissing) as exc:

@@ -1,4 +1,4 @@
-"""The smoke network overfits one fixed synthetic pair on CPU: 200 steps cut the image L1 ≥ 5×."""
+"""The smoke network overfits one fixed synthetic pair on CPU: 100 steps cut the image L1 ≥ 4×."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_smoke_model_overfits_one_pair(flame):
     bbox = torch.tensor([[0.2, 0.2, 0.8, 0.8]])
 
     image_l1 = []
-    for _ in range(200):
+    for _ in range(100):  # 6.5× here (11.5× after 200)
         out = model(source, transform, vertices, transform)
         terms = loss_fn(out, target, bbox, vertices)
         optimizer.zero_grad(set_to_none=True)
@@ -59,4 +59,4 @@ def test_smoke_model_overfits_one_pair(flame):
         scheduler.step()
         image_l1.append(float(terms["image"].detach()))
     first, last = image_l1[0], sum(image_l1[-10:]) / 10
-    assert first / last >= 5.0, f"L1 went {first:.4f} → {last:.4f} ({first / last:.1f}×)"
+    assert first / last >= 4.0, f"L1 went {first:.4f} → {last:.4f} ({first / last:.1f}×)"

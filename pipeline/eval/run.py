@@ -241,10 +241,15 @@ def log_wandb(cfg: ExperimentConfig, report: dict[str, Any], grid: bytes, local_
         return None
 
 
+def require_eval_tools() -> None:
+    """The face metrics' packages (the ``faces`` extra), or one line naming it (FaceToolsMissing)."""
+    require_face_tools("gaga-eval's face metrics (CSIM, AED, APD, AKD)")
+
+
 def run_evaluation(cfg: ExperimentConfig, checkpoint: str | None = None, self_shards: str | None = None,
                    cross_shards: str | None = None, output: str | None = None) -> dict[str, Any]:
     """The whole job; returns the report (aggregates, Table 1 rows, warnings, file URLs)."""
-    require_face_tools("gaga-eval's face metrics (CSIM, AED, APD, AKD)")
+    require_eval_tools()
     t0 = time.perf_counter()
     checkpoint = checkpoint or cfg.eval.checkpoint
     info = inspect_checkpoint(checkpoint, cfg)
