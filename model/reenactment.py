@@ -20,14 +20,16 @@ per-frame buffers when the assignment changes, not per frame.
 Optimised mode (:meth:`ReenactOptions.fast`, CUDA, static shapes):
 - the FLAME + camera work is one captured CUDA graph writing into static buffers (the vertices go
   straight into the first V rows of a preallocated ``means`` buffer whose other rows hold the
-  lifted centres), so there is no per-frame concatenation or allocation;
+  lifted centres), so there is no per-frame concatenation or allocation; FLAME is one matrix
+  product and elementwise transforms (:class:`SourceFlame`), ``torch.compile``d with ``compile``;
 - the rasterizer (gsplat when available) runs eagerly in float32 on unit quaternions + scales
   that reproduce the precomputed covariances exactly (``splat_quats``: one eigendecomposition per
   source); gsplat sizes its tile-intersection buffers from a device count, which is a host sync
   inside gsplat — the only one per frame;
 - the StyleUNet (78% of the released frame time, docs/released_model.md, Where the released code
   spends its time) runs in bf16 from a copy with bf16 NHWC weights and its 26 style modulations
-  stacked into one matmul (:func:`inference_renderer`),
+  stacked into one matmul (:func:`inference_renderer`), its ToRGB 1×1 convs padded to 8 output
+  channels (``small_kernels``, :func:`small_kernel_renderer_`),
   optionally ``torch.compile``d, captured as a second CUDA graph on a static bf16 input buffer;
   pipelined, on several streams in turn (consecutive frames' renderers overlap).
 The graphs are captured for the batch size and source assignment of the first call and
@@ -66,7 +68,7 @@ class ReenactOptions:
     precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype of the neural renderer (and reconstruction)
     channels_last: bool = False  # StyleUNet activations and conv weights in NHWC (tensor cores like it)
     cuda_graphs: bool = False  # capture FLAME+camera and the StyleUNet as CUDA graphs (CUDA, batch 1)
-    compile: bool = False  # torch.compile the StyleUNet (inductor) before capturing it
+    compile: bool = False  # torch.compile the StyleUNet and FLAME (inductor) before capturing them
     # inductor mode. "max-autotune-no-cudagraphs" tunes the StyleUNet's kernels: 319 vs 295 FPS
     # pipelined on an H100, but ~8 min of warm-up instead of ~1 (bench/results/reenact_fps_h100.json)
     compile_mode: str = "default"
@@ -75,8 +77,8 @@ class ReenactOptions:
     # a frame's output is ready only after synchronize().
     pipelined: bool = False
     # pipelined only: renderer graphs on this many streams, frame k on stream k mod n, so the
-    # small low-resolution kernels of consecutive frames' StyleUNets share the GPU (H200: 357 FPS
-    # on 1, 399 on 2, 406 on 3, no more on 4–8). A frame's output lives until n frames later.
+    # small low-resolution kernels of consecutive frames' StyleUNets share the GPU (H200: 369 FPS
+    # on 1, 410 on 2, 426 on 3, no more on 4–8). A frame's output lives until n frames later.
     renderer_streams: int = 1
     # bf16 only: the neural renderer runs on a copy whose weights are cast to bf16 once (and whose
     # demodulation sums Σw² are computed once, from the float32 weights), instead of autocast
@@ -89,6 +91,11 @@ class ReenactOptions:
     # frame: the rasterizer builds Σ inside its projection kernel (for gsplat, also no per-frame
     # covariance gather, which indexes with a host list: a stream wait)
     splat_quats: bool = False
+    # the StyleUNet copy's small matrix products reshaped for the GPU (:func:`small_kernel_renderer_`):
+    # the ToRGBs' 1×1 convs zero-padded from 3 to 8 output channels (cuBLAS's align-8 GEMM instead
+    # of its align-1 path, 5 of the 8 ToRGBs), and with ``compile`` each layer's demodulation
+    # Σ_i s_i²·Σw² an elementwise product + sum that inductor fuses (not a float32 GEMV per layer)
+    small_kernels: bool = False
     backend: str | None = None  # rasterizer backend; None: the model's config ("auto": gsplat on CUDA)
 
     def __post_init__(self) -> None:
@@ -105,7 +112,8 @@ class ReenactOptions:
         """The real-time path: bf16 (weights cast once), channels-last, CUDA graphs (+ torch.compile,
         + pipelining on ``renderer_streams`` streams when asked)."""
         return cls(precision="bf16", channels_last=True, cuda_graphs=True, compile=compile, pipelined=pipelined,
-                   splat_quats=True, compile_mode=compile_mode, renderer_streams=renderer_streams, bf16_weights=True)
+                   splat_quats=True, compile_mode=compile_mode, renderer_streams=renderer_streams, bf16_weights=True,
+                   small_kernels=True)
 
 
 def _channels_last_(module: nn.Module) -> None:
@@ -140,13 +148,28 @@ def _bf16_weights_(renderer: nn.Module) -> None:
             m.bias.data = m.bias.data.bfloat16()
 
 
+def small_kernel_renderer_(renderer: nn.Module, multiple: int = 8, demod_reduction: bool = True) -> None:
+    """In place, inference only (the Reenactor's copy): every modulated conv's output channels
+    zero-padded to a multiple of ``multiple`` (the ToRGBs' 3 → 8: on a GPU their 1×1 convs are
+    cuBLAS GEMMs, align-1 for N = 3) and its demodulation computed by ``demod_reduction``
+    (:class:`~model.style_unet.ModulatedConv2d`). Before ``_bf16_weights_`` and ``_channels_last_``,
+    which then convert the padded weights."""
+    for m in renderer.modules():
+        if isinstance(m, ModulatedConv2d):
+            m.pad_output_channels(multiple)
+            m.demod_reduction = demod_reduction
+
+
 def inference_renderer(renderer: nn.Module, options: ReenactOptions) -> nn.Module:
     """The StyleUNet as the per-frame path runs it: the module itself, or a copy with NHWC weights
-    and/or bf16 weights, its style modulations fused into one matmul (the model is not changed)."""
-    if not (options.channels_last or (options.bf16_weights and options.precision == "bf16")):
+    and/or bf16 weights, its style modulations fused into one matmul, with ``small_kernels`` its
+    ToRGB convs padded and its demodulations reshaped (the model is not changed)."""
+    if not (options.channels_last or (options.bf16_weights and options.precision == "bf16") or options.small_kernels):
         return renderer
     renderer = copy.deepcopy(renderer).eval().requires_grad_(False)
     renderer.stylegan_decoder.fuse_modulations()  # one matmul for every layer's style modulation
+    if options.small_kernels:
+        small_kernel_renderer_(renderer, demod_reduction=options.compile)
     if options.channels_last:
         _channels_last_(renderer)
     if options.bf16_weights and options.precision == "bf16":
@@ -173,11 +196,18 @@ class SourceFlame(nn.Module):
         super().__init__()
         n_s = flame.n_shape
         self.scale, self.parents = flame.scale, list(flame.parents)
-        exp_dirs = flame.shapedirs[:, :, n_s:]
+        exp_dirs = flame.shapedirs[:, :, n_s:]  # [V,3,E]
+        joint_exp_dirs = torch.einsum("jv,vce->jce", flame.j_regressor, exp_dirs)  # [J,3,E]
+        E, J = exp_dirs.shape[-1], joint_exp_dirs.shape[0]
+        # rows: the E expression coefficients, then the 9(J−1) pose features; columns: the 3V vertex
+        # offsets, then the 3J rest-joint offsets (which the pose does not move)
+        blend_dirs = torch.cat([
+            torch.cat([exp_dirs.reshape(-1, E).T, joint_exp_dirs.reshape(-1, E).T], dim=1),
+            torch.cat([flame.posedirs, flame.posedirs.new_zeros(flame.posedirs.shape[0], 3 * J)], dim=1),
+        ])
         buffers = {
-            "v_template": flame.v_template, "shape_dirs": flame.shapedirs[:, :, :n_s], "exp_dirs": exp_dirs,
-            "j_regressor": flame.j_regressor, "joint_exp_dirs": torch.einsum("jv,vce->jce", flame.j_regressor, exp_dirs),
-            "posedirs": flame.posedirs, "lbs_weights": flame.lbs_weights,
+            "v_template": flame.v_template, "shape_dirs": flame.shapedirs[:, :, :n_s], "blend_dirs": blend_dirs,
+            "j_regressor": flame.j_regressor, "lbs_weights": flame.lbs_weights,
             "v_shaped": flame.v_template[None].clone(), "joints": (flame.j_regressor @ flame.v_template)[None],
         }
         for name, value in buffers.items():
@@ -198,32 +228,37 @@ class SourceFlame(nn.Module):
     def forward(self, expression: torch.Tensor, pose: torch.Tensor, eyes: torch.Tensor,
                 source_index: torch.Tensor | None = None) -> torch.Tensor:
         """expression [B,E], pose [B,6] (global, jaw), eyes [B,6], each frame's source
-        ``source_index`` [B] (None: the one source, or frame i ↔ source i) → vertices [B,V,3] ×scale."""
+        ``source_index`` [B] (None: the one source, or frame i ↔ source i) → vertices [B,V,3] ×scale.
+
+        One matrix product per frame (the expression and pose blendshapes and the expression's
+        joint offsets, stacked in ``blend_dirs``); the kinematic chain and the skinning are
+        elementwise products of 3×3/3×4 transforms (no tiny matmul kernels, exact float32)."""
         b = expression.shape[0]
-        e = expression.to(self.exp_dirs.dtype)
+        e = expression.to(self.blend_dirs.dtype)
         v_shaped, joints = self.v_shaped, self.joints
         if source_index is not None:
             v_shaped, joints = v_shaped.index_select(0, source_index), joints.index_select(0, source_index)
-        v_shaped = v_shaped + torch.einsum("be,vce->bvc", e, self.exp_dirs)
-        rest = joints + torch.einsum("be,jce->bjc", e, self.joint_exp_dirs)  # [B,J,3]
         neck = torch.zeros_like(pose[:, :3])
         full_pose = torch.cat([pose[:, :3], neck, pose[:, 3:], eyes], dim=1).to(e.dtype).view(b, -1, 3)
         rot = axis_angle_to_matrix(full_pose)  # [B,J,3,3]
         eye3 = torch.eye(3, dtype=e.dtype, device=e.device)
-        v_posed = v_shaped + ((rot[:, 1:] - eye3).reshape(b, -1) @ self.posedirs).view(b, -1, 3)
+        blends = torch.cat([e, (rot[:, 1:] - eye3).reshape(b, -1)], dim=1) @ self.blend_dirs  # [B, 3V + 3J]
+        n = v_shaped.shape[1] * 3
+        v_posed = v_shaped + blends[:, :n].view(b, -1, 3)
+        rest = joints + blends[:, n:].view(b, -1, 3)  # [B,J,3]
         # forward kinematics with integer parent indices (no index tensor to upload)
-        world: list[torch.Tensor] = []
+        rots, trans = [rot[:, 0]], [rest[:, 0]]
         for j, parent in enumerate(self.parents):
-            offset = rest[:, j] if j == 0 else rest[:, j] - rest[:, parent]
-            local = torch.cat([torch.cat([rot[:, j], offset[..., None]], -1),
-                               torch.cat([torch.zeros_like(offset), torch.ones_like(offset[:, :1])], -1)[:, None]], 1)
-            world.append(local if j == 0 else world[parent] @ local)
-        chain = torch.stack(world, dim=1)  # [B,J,4,4]
-        rot_w, t_w = chain[..., :3, :3], chain[..., :3, 3]
-        t_skin = t_w - (rot_w @ rest[..., None])[..., 0]  # transforms that act on rest-pose points
-        blend_r = torch.einsum("vj,bjxy->bvxy", self.lbs_weights, rot_w)
-        blend_t = torch.einsum("vj,bjx->bvx", self.lbs_weights, t_skin)
-        return ((blend_r @ v_posed[..., None])[..., 0] + blend_t) * self.scale
+            if j == 0:
+                continue
+            rp = rots[parent]
+            rots.append((rp[..., :, :, None] * rot[:, j, None, :, :]).sum(-2))
+            trans.append((rp * (rest[:, j] - rest[:, parent])[..., None, :]).sum(-1) + trans[parent])
+        rot_w, t_w = torch.stack(rots, dim=1), torch.stack(trans, dim=1)  # [B,J,3,3], [B,J,3]
+        t_skin = t_w - (rot_w * rest[..., None, :]).sum(-1)  # transforms that act on rest-pose points
+        skin = torch.cat([rot_w, t_skin[..., None]], dim=-1)  # [B,J,3,4]
+        blend = (self.lbs_weights[None, :, :, None, None] * skin[:, None]).sum(2)  # [B,V,3,4]
+        return ((blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + blend[..., 3]) * self.scale
 
 
 def viewmat_from_transform(transform: torch.Tensor, flip: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
@@ -266,6 +301,8 @@ class Reenactor:
         self.device = next(model.parameters()).device
         self.flame = SourceFlame(flame).to(self.device)
         opts = self.options
+        # the graphed path's FLAME: with compile, inductor fuses its ~90 small kernels into a few
+        self._flame_fn = torch.compile(self.flame, dynamic=False) if opts.compile and opts.cuda_graphs else self.flame
         if opts.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"ReenactOptions.cuda_graphs needs a CUDA model (this one is on {self.device}); "
                              "use ReenactOptions() on CPU")
@@ -500,7 +537,7 @@ class Reenactor:
             inp = self._inputs
 
             def frame() -> torch.Tensor:
-                slots["means"][:, :V].copy_(self.flame(inp["expression"], inp["pose"], inp["eyes"], slots["index"]))
+                slots["means"][:, :V].copy_(self._flame_fn(inp["expression"], inp["pose"], inp["eyes"], slots["index"]))
                 return self._viewmat(inp["transform"])
 
             self._frame_graph = self._capture("FLAME/camera", frame)

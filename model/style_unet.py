@@ -92,6 +92,18 @@ class ModulatedConv2d(nn.Module):
         # Σ_k w² [out,in] in float32, set for inference when the weight is stored in bf16
         # (model.reenactment); None: computed from the weight on every call
         self.register_buffer("weight_sq_sum", None, persistent=False)
+        # inference (model.reenactment, small_kernels): the demodulation sums as an elementwise
+        # product + sum, which inductor fuses, instead of a float32 matrix-vector product per layer
+        self.demod_reduction = False
+
+    @torch.no_grad()
+    def pad_output_channels(self, multiple: int) -> None:
+        """Inference: zero output channels up to a multiple of ``multiple``, sliced off after the
+        conv (a 1×1 conv to 3 channels is a GEMM with N = 3 on a GPU: cuBLAS's slow align-1 path)."""
+        pad = -self.weight.shape[1] % multiple
+        if pad:
+            w = self.weight.data
+            self.weight.data = torch.cat([w, w.new_zeros(1, pad, *w.shape[2:])], dim=1)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``scale``: ``modulation(style)`` when already computed (the decoder's fused modulation)."""
@@ -101,12 +113,15 @@ class ModulatedConv2d(nn.Module):
         if self.upsample:
             x = upsample2x(x)
         out = F.conv2d(x * scale.view(B, C, 1, 1).to(x.dtype), weight.to(x.dtype), padding=self.padding)
+        if out.shape[1] != self.out_ch:  # zero channels added by pad_output_channels
+            out = out[:, :self.out_ch]
         if self.demodulate:
             # Σ_{in,k} (w·s)² = s² · Σ_k w²  → [B,out], in ≥ fp32 even under autocast
             dtype = torch.promote_types(scale.dtype, torch.float32)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 sq = self.weight_sq_sum if self.weight_sq_sum is not None else weight.to(dtype).square().sum((2, 3))
-                demod = torch.rsqrt(scale.to(dtype).square() @ sq.to(dtype).T + 1e-8)
+                sq, s2 = sq[:self.out_ch].to(dtype), scale.to(dtype).square()
+                demod = torch.rsqrt(((s2[:, None, :] * sq).sum(-1) if self.demod_reduction else s2 @ sq.T) + 1e-8)
             out = out * demod.view(B, self.out_ch, 1, 1).to(out.dtype)
         return out
 

@@ -225,6 +225,40 @@ def test_fused_modulation_computes_what_the_separate_layers_compute(smoke):
         assert torch.equal(model.upsampler(x), want)
 
 
+@pytest.mark.parametrize("demod_reduction", [False, True])
+def test_small_kernel_renderer_computes_what_the_decoder_computes(smoke, demod_reduction):
+    """float32: the fast path's StyleUNet copy with its ToRGB convs zero-padded to 8 output
+    channels and its demodulations as products + sums gives the model's output to rounding, and
+    its padded convs are the ones used; the model is not changed."""
+    from model.reenactment import inference_renderer, small_kernel_renderer_
+    from model.style_unet import ModulatedConv2d, ToRGB
+
+    cfg, model, _ = smoke
+    renderer = model.upsampler
+    before = {k: v.clone() for k, v in renderer.state_dict().items()}
+    converted = copy.deepcopy(renderer)
+    converted.stylegan_decoder.fuse_modulations()
+    small_kernel_renderer_(converted, demod_reduction=demod_reduction)
+    convs = [m for m in converted.modules() if isinstance(m, ModulatedConv2d)]
+    assert convs and all(m.demod_reduction is demod_reduction and m.weight.shape[1] % 8 == 0 for m in convs)
+    to_rgbs = [m.modulated_conv for m in converted.modules() if isinstance(m, ToRGB)]
+    assert to_rgbs and all(m.weight.shape[1] == 8 and m.out_ch == 3 for m in to_rgbs)
+    x = torch.rand(2, renderer.conv_body_first.in_channels, cfg.camera.image_size, cfg.camera.image_size)
+    with torch.no_grad():
+        want, got = renderer(x), converted(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        last = to_rgbs[-1].weight
+        last[:, 3:] = 1.0  # the padding is sliced off
+        assert torch.equal(converted(x), got)
+        last[:, :3] += 0.5  # the padded conv is the one used
+        assert (converted(x) - got).abs().max() > 1e-3
+    assert all(torch.equal(v, renderer.state_dict()[k]) for k, v in before.items())
+    assert not any(m.demod_reduction for m in renderer.modules() if isinstance(m, ModulatedConv2d))
+    assert ReenactOptions.fast().small_kernels and not ReenactOptions().small_kernels
+    fast_copy = inference_renderer(renderer, ReenactOptions(small_kernels=True))
+    assert all(m.modulated_conv.weight.shape[1] == 8 for m in fast_copy.modules() if isinstance(m, ToRGB))
+
+
 @pytest.mark.parametrize("graphed", [False, True])
 def test_several_streams_in_one_batch_give_each_stream_its_single_source_frames(smoke, monkeypatch, graphed):
     """S sources, B frames per call, frame i from source ``sources[i]``: each frame equals the
