@@ -1,6 +1,6 @@
-"""Ablation sweeps: specs are validated before anything runs; the Table 3 sweep runs every cell on
-Ray Tune (train → evaluate), a cell that fails is reported while the others finish, and, killed
-after two cells, a rerun finishes the rest without retraining the first two."""
+"""Ablation sweeps: specs are validated before anything runs; a sweep of Table 3 cells runs each
+cell on Ray Tune (train → evaluate), a cell that fails is reported while the others finish, and,
+killed after two cells, a rerun finishes the rest without retraining the first two."""
 
 from __future__ import annotations
 
