@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench._pair_shards import make_shards
 from bench._report import command_line, cuda_ms, gpu_state, write_report
-from bench.train import VARIANTS, isolated, make_shards, variant_config, worker_like_setup
+from bench.train import VARIANTS, isolated, variant_config, worker_like_setup
 from pipeline.profiling import StepProfiler
 from pipeline.step import train_step
 

@@ -5,12 +5,26 @@ frames with their parameters precomputed on the GPU, 512² output, batch 1; fram
 the one-shot reconstruction latency, the warm-up until the first frame, and the refined image's
 PSNR against the eager fp32 path on the same frames (faithfulness of the fast paths).
 
-    python -m bench.reenact_fps --out bench/results/reenact_fps_h200.json
+    python -m bench.reenact_fps --out bench/results/reenact_fps_h200.json      # random weights
+    python -m bench.reenact_fps --checkpoint assets/GAGAvatar.pt --source face.jpg --out ...
     python -m bench.reenact_fps --smoke          # CPU code check on the smoke preset (eager only)
 
-Model: the paper architecture with random weights and the StyleUNet's stored noise maps
-(``renderer.noise: stored``, the released decoder's randomize_noise=False path): every path then
-draws the same noise, so their images can be compared; fresh random noise costs the same.
+(the trained checkpoint of bench/results/reenact_fps_h100_trained.json: see bench/_pair_shards.py)
+
+Model: the paper architecture with random weights, or ``--checkpoint`` (a run folder of ours, one of
+its checkpoint folders, or the released ``GAGAvatar.pt``; the architecture, camera and FLAME come
+from it), always with the StyleUNet's stored noise maps (``renderer.noise: stored``, the released
+decoder's randomize_noise=False path): every path then draws the same noise, so their images can
+be compared; fresh random noise costs the same. Source: ``--source noise`` (a uniform-noise image,
+random FLAME shape, frontal camera) or a photo / a tracked shard prefix (``gaga-reenact``'s source
+path: a photo is cropped and tracked, from shards the first frame of the first clip).
+
+The splatting's cost depends on the Gaussians the weights make: ``gaussians_on_screen`` in the JSON gives
+their screen-space size on the first driving frame and gsplat's tile intersections (pairs of a
+16² tile and a Gaussian whose opacity-aware box touches it — the rows the rasterizer sorts and
+walks). Random weights put every Gaussian at half the largest scale (sigmoid(0) · 0.05), ~8 px
+σ at 512², so a frame has ~3 M intersections: a worst case, not a trained model.
+
 Variants, measured in this order (the JSON is rewritten after each):
   model_fp32       FlameModel + GAGAvatar.render per frame (the forward path; FLAME on the GPU)
   eager_fp32       model.reenactment.Reenactor, fp32 (TF32 matmuls/convs, the released recipe):
@@ -33,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import statistics
 import sys
@@ -125,41 +140,25 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench(args: argparse.Namespace, info: dict) -> dict:
-    from model.config import CameraConfig, ModelConfig, RasterizerConfig
-    from model.flame import FlameModel
-    from model.gagavatar import GAGAvatar
-    from model.geometry import look_at_transform
-    from model.procedural_head import load_generated_head
+    from model.config import RasterizerConfig
     from model.reenactment import ReenactOptions
-    from pipeline.configtools import from_dict, load_preset_dict
 
     start = time.perf_counter()
     device = torch.device("cpu" if args.smoke else "cuda")
     torch.set_float32_matmul_precision("high")  # the released recipe: fp32 with TF32
     torch.backends.cudnn.benchmark = True
-    if args.smoke:
-        data = load_preset_dict("smoke")
-        model_cfg, camera = from_dict(ModelConfig, data["model"]), from_dict(CameraConfig, data["camera"])
-    else:
-        model_cfg, camera = ModelConfig(), CameraConfig()
-    model_cfg = dataclasses.replace(model_cfg, renderer=dataclasses.replace(model_cfg.renderer, noise="stored"))
     raster = RasterizerConfig(backend="torch" if args.smoke else args.backend)
-    torch.manual_seed(0)
-    with torch.device(device):  # build on the device: the paper model's random init is slow on a CPU
-        model = GAGAvatar(model_cfg, camera, raster).eval()
-    flame = FlameModel(load_generated_head()).to(device)
-    size = camera.image_size
-    g = torch.Generator().manual_seed(1)
+    model, flame, weights = bench_model(args, raster, device)
+    size = model.camera.image_size
     streams = max(1, args.streams)
-    sources = torch.rand(streams, 3, size, size, generator=g).to(device)
-    shapes = (torch.randn(streams, 300, generator=g) * 0.5).to(device)
-    source_T = look_at_transform(9.3)[None].expand(streams, 3, 4).contiguous().to(device)
+    sources, shapes, source_T, source_info = bench_sources(args, model, flame, streams, device)
     source, shape = sources[:1], shapes[:1]
     frames = driving_frames(args.frames, device)
     check = {k: v[:args.check_frames] for k, v in frames.items()}
     result = info
     result.update({"model": {"gaussians": model.num_gaussians, "parameters": sum(p.numel() for p in model.parameters()),
-                             "image_size": size, "renderer_noise": model_cfg.renderer.noise},
+                             "image_size": size, "renderer_noise": model.config.renderer.noise},
+                   "weights": weights, "source": source_info,
                    "rasterizer": raster.backend, "gpu_before": gpu_state() if device.type == "cuda" else None,
                    "variants": {}, "reconstruction_ms": {}, "stages_ms": {}})
     save = lambda: write_report(result, args.out, echo=False)  # noqa: E731 - after every variant
@@ -172,6 +171,9 @@ def bench(args: argparse.Namespace, info: dict) -> dict:
             verts = flame(shape, expression, pose, eyes).vertices
             return model.render(cache, verts, transform)
 
+        result["gaussians_on_screen"] = gaussian_statistics(model, cache, flame(shape, frames["expression"][:1], frames["pose"][:1],
+                                                                      frames["eyes"][:1]).vertices, frames["transform"][:1])
+        print("gaussians_on_screen", json.dumps(result["gaussians_on_screen"]), flush=True)
         result["variants"]["model_fp32"] = timed_frames(model_render, frames, args.warmup, args.windows, device)
         result["reconstruction_ms"]["fp32"] = timed(lambda: model.reconstruct(source, source_T[:1]), args.recon_reps, device)
     print("model_fp32", result["variants"]["model_fp32"], result["reconstruction_ms"], flush=True)
@@ -221,6 +223,120 @@ def bench(args: argparse.Namespace, info: dict) -> dict:
     result["gpu_after"] = gpu_state() if device.type == "cuda" else None
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def bench_model(args: argparse.Namespace, raster, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """The model, its FLAME layer and what its weights are: random (seed 0; the paper
+    architecture, or the smoke preset's with ``--smoke``) or ``--checkpoint``'s; the StyleUNet
+    draws its stored noise maps either way."""
+    from model.config import CameraConfig, ModelConfig
+    from model.flame import FlameModel
+    from model.gagavatar import GAGAvatar
+    from model.procedural_head import load_generated_head
+    from pipeline.configtools import from_dict, load_preset_dict
+
+    def stored_noise(model_cfg: ModelConfig) -> ModelConfig:
+        return dataclasses.replace(model_cfg, renderer=dataclasses.replace(model_cfg.renderer, noise="stored"))
+
+    if args.checkpoint:
+        from pipeline.config import load_config
+        from pipeline.eval.checkpoints import inspect_checkpoint, load_flame, load_model
+
+        info = inspect_checkpoint(args.checkpoint, load_config("smoke" if args.smoke else "paper"))
+        info.config = dataclasses.replace(info.config, model=stored_noise(info.config.model), rasterizer=raster)
+        weights = info.summary()  # kind "ours" or "official", step, warnings
+        weights["path"] = weights["chosen"] = Path(info.path).name  # a machine's paths mean nothing elsewhere
+        return load_model(info, device), load_flame(info, device), weights
+    if args.smoke:
+        data = load_preset_dict("smoke")
+        model_cfg, camera = from_dict(ModelConfig, data["model"]), from_dict(CameraConfig, data["camera"])
+    else:
+        model_cfg, camera = ModelConfig(), CameraConfig()
+    torch.manual_seed(0)
+    with torch.device(device):  # build on the device: the paper model's random init is slow on a CPU
+        model = GAGAvatar(stored_noise(model_cfg), camera, raster).eval()
+    weights = {"kind": "random", "seed": 0, "flame": "generated stand-in head"}
+    return model, FlameModel(load_generated_head()).to(device), weights
+
+
+def bench_sources(args: argparse.Namespace, model, flame, streams: int, device: torch.device):
+    """``streams`` source images [S,3,H,W], FLAME shapes [S,300] and cameras [S,3,4]: uniform
+    noise with random shapes and a frontal camera (``--source noise``, seed 1), or the one source
+    of ``--source`` (a photo, tracked, or a tracked shard prefix) repeated; and what they are."""
+    from model.geometry import look_at_transform
+
+    size = model.camera.image_size
+    if args.source == "noise":
+        g = torch.Generator().manual_seed(1)
+        images = torch.rand(streams, 3, size, size, generator=g)
+        shapes = torch.randn(streams, 300, generator=g) * 0.5
+        transforms = look_at_transform(9.3)[None].expand(streams, 3, 4)
+        return images.to(device), shapes.to(device), transforms.contiguous().to(device), {"kind": "noise", "seed": 1}
+    from model.frame_params import split_params
+    from pipeline.config import load_config
+    from pipeline.reenact import load_source
+
+    cfg = load_config("smoke" if args.smoke else "paper")
+    cfg = dataclasses.replace(cfg, camera=model.camera)
+    tracked = load_source(args.source, cfg, flame, size, device)
+    if tracked.images.shape[1:3] != (size, size):
+        raise ValueError(f"--source {args.source}: {tracked.images.shape[2]}×{tracked.images.shape[1]} frames, "
+                         f"the model renders {size}²")
+    image = torch.from_numpy(tracked.images.copy()).permute(0, 3, 1, 2).float().div(255.0)
+    params = split_params(torch.from_numpy(tracked.params))
+    repeat = lambda t: t[:1].expand(streams, *t.shape[1:]).contiguous().to(device)  # noqa: E731
+    info = {"kind": tracked.kind, "name": tracked.name, "notes": list(tracked.notes)}
+    return repeat(image), repeat(params["shape"]), repeat(params["transform_matrix"]), info
+
+
+def tile_spans(means2d: torch.Tensor, cov2d: torch.Tensor, opacity: torch.Tensor, size: int,
+               tile: int = 16) -> torch.Tensor:
+    """Tiles each 2D Gaussian is binned into, gsplat's rule: the opacity-aware box of half-widths
+    ceil(min(3.33, √(2 ln(255·o)))·σ) per axis (σ² the projected variance, low-pass included),
+    tiles from floor((m − r)/tile) to ceil((m + r)/tile), clamped to the image; 0 for a Gaussian
+    below 1/255 opacity. means2d [N,2], cov2d [N,3] (xx, xy, yy), opacity [N] → [N]."""
+    n_tiles = math.ceil(size / tile)
+    extend = torch.sqrt(2 * torch.log(opacity.clamp_min(1 / 255) * 255)).clamp(max=3.33)
+
+    def span(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        radius = torch.ceil(extend * var.sqrt())
+        lo = torch.floor((mean - radius) / tile).clamp(0, n_tiles)
+        return (torch.ceil((mean + radius) / tile).clamp(0, n_tiles) - lo).clamp_min(0)
+
+    return span(means2d[:, 0], cov2d[:, 0]) * span(means2d[:, 1], cov2d[:, 2]) * (opacity >= 1 / 255)
+
+
+@torch.no_grad()
+def gaussian_statistics(model, cache, vertices: torch.Tensor, transform: torch.Tensor, tile: int = 16) -> dict:
+    """One frame's Gaussians on screen: their size (σ of the projected covariance along its
+    longer axis, pixels), opacity and largest 3D scale (p10/p50/p90), and gsplat's (tile, Gaussian)
+    intersections (:func:`tile_spans`) — the rows its rasterizer sorts and walks, which with the
+    per-pixel work set the splatting's cost."""
+    from model.gaussian_heads import GaussianAttributes
+    from model.geometry import intrinsics, transform_to_viewmat
+    from model.rasterizer.torch_backend import project_gaussians
+
+    attrs = GaussianAttributes.cat([cache.expression, cache.lifted])
+    means = torch.cat([vertices.float(), cache.lifted_points.float()], dim=1)
+    cov = model.covariance(attrs.rotations.float(), attrs.scales.float())
+    size = model.camera.image_size
+    Ks = intrinsics(model.camera.focal, size, size, (1,), device=means.device)
+    proj = project_gaussians(means, cov, transform_to_viewmat(transform.float()), Ks, size, size,
+                             model.rasterizer.near_plane, model.rasterizer.far_plane)
+    opacity = attrs.opacities.float()[0, :, 0]
+    drawn = proj.valid[0] & (opacity >= 1 / 255)
+    tiles = tile_spans(proj.means2d[0], proj.cov2d[0], opacity, size, tile) * drawn
+    a, b, c = proj.cov2d[0][drawn].unbind(-1)
+    sigma = torch.sqrt(0.5 * (a + c) + torch.sqrt(0.25 * (a - c) ** 2 + b * b))
+
+    def quantiles(t: torch.Tensor) -> list[float]:
+        return [round(float(q), 3) for q in torch.quantile(t.float(), torch.tensor([0.1, 0.5, 0.9], device=t.device))]
+
+    return {"drawn": int(drawn.sum()), "of": int(drawn.numel()), "sigma_px_p10_p50_p90": quantiles(sigma),
+            "opacity_p10_p50_p90": quantiles(opacity[drawn]),
+            "largest_scale_p10_p50_p90": quantiles(attrs.scales.float()[0].amax(-1)[drawn]),
+            "tile": tile, "tile_intersections": int(tiles.sum()),
+            "tiles_per_gaussian": round(float(tiles.sum() / drawn.sum().clamp_min(1)), 2)}
 
 
 def measure_variant(model, flame, options, batch: int, source, shape, source_T, frames, check, args, device,
@@ -383,6 +499,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recon-reps", type=int, default=10)
     p.add_argument("--streams", type=int, default=8, help="sources in the multi-stream variant (1: none)")
     p.add_argument("--backend", default="gsplat")
+    p.add_argument("--checkpoint", default="",
+                   help="weights: a run folder, one of its checkpoint folders, or GAGAvatar.pt (default: random, seed 0)")
+    p.add_argument("--source", default="noise",
+                   help="source: noise (default), a photo (cropped and tracked: the faces extra) or a tracked shard prefix")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     p.add_argument("--compile-modes", default="default",
                    help="inductor modes for the compiled variant, comma-separated (e.g. default,max-autotune-no-cudagraphs)")
@@ -401,7 +521,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("bench.reenact_fps needs a CUDA GPU (or --smoke for a CPU code check)")
     if args.smoke:
         args.frames, args.warmup, args.recon_reps, args.windows, args.check_frames = min(args.frames, 4), 1, 2, 2, 2
-    info = {"command": command_line("bench.reenact_fps", argv if argv is not None else sys.argv[1:]),
+    paths = {"--checkpoint": "CHECKPOINT" if args.checkpoint else "",
+             "--source": args.source if args.source == "noise" else "SOURCE"}
+    info = {"command": command_line("bench.reenact_fps", argv if argv is not None else sys.argv[1:], paths),
             "device_command": args.device_command, "torch": torch.__version__, "python": platform.python_version(),
             "protocol": "source reconstructed once; driving parameters precomputed on the device; 512² batch 1; "
                         "FPS = frames / synchronised wall time of all frames after warm-up, per window; "

@@ -64,8 +64,8 @@ def main() -> None:
     if args.device == "cuda" and gpus == 0:
         sys.exit("bench.scaling needs CUDA GPUs (or --device cpu --preset smoke for a gloo dry run)")
     counts = [int(n) for n in args.workers.split(",")] if args.workers else [n for n in (1, 2, 4, 8) if n <= gpus]
+    from bench._pair_shards import make_shards
     from bench._report import command_line, write_report
-    from bench.train import make_shards
 
     shards = make_shards(Path(tempfile.mkdtemp(prefix="bench-shards-")), args.size, clips=4, pairs_per_clip=64)
     rows = [measure(shards, n, args.per_gpu_batch, args.steps, args.warmup, args.preset, args.device, args.overrides)

@@ -46,32 +46,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench._pair_shards import make_shards
 from bench._report import command_line, gpu_state, spread, write_report
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data import PrefetchingLoader
 from pipeline.step import TrainState, build_train_state, compile_regions, train_step
 from pipeline.train import make_source
-from preprocessing.config import SyntheticDataConfig
-from preprocessing.synthetic import generate_clip
-from preprocessing.synthetic.truth_pairs import clip_pairs, write_pair_shards
 
 TARGET_PAIRS_PER_S = {"H200": 65.0, "H100": 60.0}
-
-
-def make_shards(out_dir: Path, size: int, clips: int = 2, frames: int = 24, pairs_per_clip: int = 32) -> str:
-    """Ground-truth pairs of ``clips`` generated clips at ``size``² as shards in ``out_dir``."""
-    cfg = SyntheticDataConfig(identities=clips, clips_per_identity=1, frames_per_clip=frames, resolution=size,
-                              test_identities=0)
-    rng = np.random.default_rng(0)
-    samples = []
-    for identity in range(clips):
-        clip = generate_clip(cfg, identity, 0)
-        samples += clip_pairs(clip.clip_id, clip.frames, clip.truth, size, pairs_per_clip, rng)
-    write_pair_shards(samples, out_dir, per_shard=16, image_format="jpg")
-    return str(out_dir)
 
 
 def _sync(device: torch.device) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import storage
 from .config import ExperimentConfig
-from .configtools import ConfigError
+from .configtools import ConfigError, replace
 from .run_names import trained_config
 
 log = logging.getLogger("gaga.train")
@@ -44,6 +44,21 @@ class TrainingAborted(RuntimeError):
 def absolute_storage(url: str) -> str:
     """A local storage path made absolute on the driver (Ray workers run in other folders)."""
     return url if storage.is_s3(url) else str(Path(url).expanduser().resolve())
+
+
+# the config's paths that training workers open (empty = unused)
+WORKER_PATHS = ("train.storage_path", "train.init_from", "data.train_shards", "data.val_shards", "data.test_self_shards")
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with every local path a training worker opens made absolute on the driver: a Ray
+    worker does not run in the folder ``gaga-train`` was started from, so a relative
+    ``data.train_shards=outputs/shards/train`` would name nothing there."""
+    def value(dotted: str) -> str:
+        section, key = dotted.split(".")
+        return getattr(getattr(cfg, section), key)
+
+    return replace(cfg, **{k: absolute_storage(value(k)) for k in WORKER_PATHS if value(k)})
 
 
 # ----------------------------------------------------------------------------- abort marker
@@ -86,8 +101,8 @@ def config_changes(old: dict[str, Any], new: ExperimentConfig) -> list[str]:
     """``a.b: old → new`` for every key that changes what the run trains (run_names.trained_config)."""
     from .config import config_from_dict
 
-    try:
-        before = _flatten(trained_config(config_from_dict(old)))
+    try:  # a run stored before its paths were made absolute (run from the same folder) is the same run
+        before = _flatten(trained_config(absolute_paths(config_from_dict(old))))
     except ConfigError:  # a config of an older version of this project: compare what both know
         before = _flatten({k: v for k, v in old.items() if isinstance(v, dict)})
     after = _flatten(trained_config(new))

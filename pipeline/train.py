@@ -43,7 +43,7 @@ from .profiling import StepProfiler
 from .run_files import (
     RunFiles,
     TrainingAborted,
-    absolute_storage,
+    absolute_paths,
     check_config,
     clear_abort,
     list_run_files,
@@ -430,7 +430,7 @@ def run_training(cfg: ExperimentConfig, *, mock_samples: list[dict] | None = Non
     from ray.train.torch import TorchConfig, TorchTrainer
 
     name = run_name(cfg)
-    cfg = replace(cfg, **{"train.storage_path": absolute_storage(cfg.train.storage_path)})
+    cfg = absolute_paths(cfg)  # the name above comes from the paths as given
     s3 = storage.S3Options.from_env()
     run_url = storage.join(cfg.train.storage_path, name)
     check_config(run_url, cfg, allow_config_change, s3)

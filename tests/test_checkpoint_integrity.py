@@ -180,3 +180,23 @@ def test_eval_accepts_a_run_folder_a_checkpoint_folder_or_the_released_file(tmp_
     assert resolve_checkpoint(str(released))[1] == "official"
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         resolve_checkpoint(str(tmp_path / "nothing_here"))
+
+
+def test_local_paths_are_made_absolute_for_the_workers_and_a_run_stored_with_relative_ones_resumes(
+        tmp_path, cfg, monkeypatch):
+    from pipeline.config import save_config
+    from pipeline.configtools import ConfigError, replace
+    from pipeline.run_files import absolute_paths, check_config
+
+    monkeypatch.chdir(tmp_path)
+    given = replace(cfg, **{"data.train_shards": "shards/train", "train.init_from": "GAGAvatar.pt",
+                            "train.storage_path": "s3://bucket/runs", "data.val_shards": ""})
+    made = absolute_paths(given)
+    assert made.data.train_shards == str(tmp_path / "shards" / "train")
+    assert made.train.init_from == str(tmp_path / "GAGAvatar.pt")
+    assert made.train.storage_path == "s3://bucket/runs" and made.data.val_shards == ""  # URLs and unset kept
+    run = tmp_path / "run"
+    save_config(given, run / "config.yaml")  # written before paths were made absolute
+    check_config(str(run), made, False)  # the same run
+    with pytest.raises(ConfigError, match="data.train_shards"):
+        check_config(str(run), absolute_paths(replace(given, **{"data.train_shards": "other/train"})), False)

@@ -46,10 +46,17 @@ def _params(checkpoint_dir: str) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, shards, tmp_path_factory):  # noqa: F811
+    """Started as a user would from the folder above them, with relative shard and storage paths
+    (Ray Train's workers run in a folder of their own: the driver must make them absolute)."""
     from pipeline.train import run_training
 
     storage = tmp_path_factory.mktemp("runs")
-    result = run_training(_cfg(shards, str(storage), "straight"))
+    base, here = tmp_path_factory.getbasetemp(), os.getcwd()
+    os.chdir(base)
+    try:
+        result = run_training(_cfg(os.path.relpath(shards, base), os.path.relpath(storage, base), "straight"))
+    finally:
+        os.chdir(here)
     return result, storage
 
 
