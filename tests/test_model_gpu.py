@@ -121,14 +121,14 @@ def test_lpips_equals_the_lpips_package(tmp_path):
 
 
 @pytest.mark.skipif(not _has("timm"), reason="needs timm")
-def test_dinov2_matches_timm_vit_base_patch14_dinov2():
+def test_dinov2_matches_timm_vit_base_patch14_dinov2(monkeypatch):
     import timm
 
     from model.config import BackboneConfig
     from model.dinov2 import DinoVisionTransformer, convert_dinov2_state_dict
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # restored for the next tests
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     ref = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0).cuda().eval()
     ours = DinoVisionTransformer(BackboneConfig()).cuda().eval()
