@@ -42,8 +42,9 @@ class TrainingAborted(RuntimeError):
 
 
 def absolute_storage(url: str) -> str:
-    """A local storage path made absolute on the driver (Ray workers run in other folders)."""
-    return url if storage.is_s3(url) else str(Path(url).expanduser().resolve())
+    """A local path made absolute on the driver (Ray workers run in other folders); an s3:// URL
+    or an empty (unset) path as it is."""
+    return url if not url or storage.is_s3(url) else str(Path(url).expanduser().resolve())
 
 
 # the config's paths that training workers open (empty = unused)
@@ -58,7 +59,7 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
         section, key = dotted.split(".")
         return getattr(getattr(cfg, section), key)
 
-    return replace(cfg, **{k: absolute_storage(value(k)) for k in WORKER_PATHS if value(k)})
+    return replace(cfg, **{k: absolute_storage(value(k)) for k in WORKER_PATHS})
 
 
 # ----------------------------------------------------------------------------- abort marker

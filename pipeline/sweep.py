@@ -35,6 +35,7 @@ from . import storage
 from .config import ExperimentConfig, load_config
 from .configtools import PRESET_DIR, ConfigError, from_dict, to_dict
 from .configtools import replace as replace_config
+from .run_files import absolute_storage
 
 log = logging.getLogger("gaga.sweep")
 
@@ -95,15 +96,11 @@ def load_spec(spec: str | Path) -> SweepSpec:
     return spec
 
 
-def _absolute(url: str) -> str:
-    return url if not url or storage.is_s3(url) else str(Path(url).expanduser().resolve())
-
-
 def with_absolute_paths(spec: SweepSpec) -> SweepSpec:
     """Tune runs each trial in its own working directory: local paths must not be relative."""
     from dataclasses import replace
 
-    return replace(spec, storage_path=_absolute(spec.storage_path))
+    return replace(spec, storage_path=absolute_storage(spec.storage_path))
 
 
 def resolve_cells(spec: SweepSpec, extra: list[str] | None = None) -> list[Cell]:
@@ -115,12 +112,12 @@ def resolve_cells(spec: SweepSpec, extra: list[str] | None = None) -> list[Cell]
         cell_overrides = [f"{k}={_format(v)}" for k, v in (overrides or {}).items()]
         texts = [*spec.overrides, *(extra or []), *cell_overrides,
                  f"train.run_name={spec.name}-{name}", f"name={spec.name}-{name}",
-                 f"train.storage_path={_absolute(spec.storage_path)}"]
+                 f"train.storage_path={absolute_storage(spec.storage_path)}"]
         try:
             cfg = load_config(spec.preset, texts)
         except ConfigError as exc:
             raise ConfigError(f"sweep {spec.name!r}, cell {name!r}: {exc}") from exc
-        data = {f"data.{k}": _absolute(getattr(cfg.data, k)) for k in
+        data = {f"data.{k}": absolute_storage(getattr(cfg.data, k)) for k in
                 ("train_shards", "val_shards", "test_self_shards", "test_cross_shards")}
         cfg = replace_config(cfg, **data)
         cells.append(Cell(name, [*spec.overrides, *(extra or []), *cell_overrides], cfg))
