@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--identities", type=int, default=12, help="training identities (one more is held out)")
     p.add_argument("--frames", type=int, default=24, help="frames per clip")
     p.add_argument("--pairs", type=int, default=96, help="pairs per training identity")
-    p.add_argument("--processes", type=int, default=13)
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                   help="clips generated at once (the output does not depend on it: a random stream per identity)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     cfg = SyntheticDataConfig(identities=args.identities + 1, clips_per_identity=1, frames_per_clip=args.frames,

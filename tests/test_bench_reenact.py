@@ -28,7 +28,7 @@ def test_tile_spans_follow_gsplats_opacity_aware_box():
     assert _spans((24.0, 24.0), 4.0, 0.5) == 1
     # the same Gaussian on a tile corner (32, 32): [25, 39] spans tiles 1–2 on each axis
     assert _spans((32.0, 32.0), 4.0, 0.5) == 4
-    # opaque: extend capped at 3.33 → radius ceil(6.66) = 7 at σ 2, ceil(33.3) = 34 at σ 10
+    # nearly opaque: extend √(2 ln 252.5) = 3.32 → radius ceil(33.2) = 34 at σ 10
     assert _spans((32.0, 32.0), 100.0, 0.99) == 16  # [−2, 66] clamped to the 4×4 tiles of 64²
     # fainter → smaller box: at opacity 0.01 extend √(2 ln 2.55) = 1.37 → radius ceil(13.7) = 14 at σ 10
     assert _spans((24.0, 24.0), 100.0, 0.01) == 9  # [10, 38] → tiles 0–2
